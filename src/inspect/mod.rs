@@ -1,0 +1,1 @@
+//! Model-traffic inspection (placeholder; implemented on the inspect branch).

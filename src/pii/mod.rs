@@ -1,0 +1,1 @@
+//! PII detection and redaction (placeholder; implemented on the pii branch).
