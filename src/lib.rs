@@ -1,13 +1,26 @@
 //! sluice: a thread-per-core, io_uring sidecar proxy for model traffic.
 //!
 //! Module map (see `docs/ARCHITECTURE.md` for the request flow):
+//! * [`config`]: the YAML schema, loading and validation (`file:line: field: problem`).
+//! * [`snapshot`]: precommit: a validated config compiled into a read-only runtime snapshot.
+//! * [`server`]: start-up, signals, config watch, reload commit, drain.
+//! * [`worker`]: one pinned monoio runtime per core: listeners, tick, per-core state.
+//! * [`proxy`]: the connection loop and exchanges, upstream pools, TLS origination.
 //! * [`http1`]: HTTP/1.1 codec. Pure: no IO, no allocation per body chunk.
 //! * [`inspect`]: SSE/NDJSON splitting and provider dialects (usage, model, stream flag).
 //! * [`pii`]: PII detection and redaction engine, shared read-only by all cores.
-//! * [`proxy`]: per-worker runtime: listeners, connection loop, upstream pools, filter chain.
+//! * [`telemetry`]: per-request records batched off the hot path into metrics and access logs.
+//! * [`admin`]: readiness, metrics, running config.
 //! * [`error`]: the error vocabulary shared by every boundary.
 
+pub mod admin;
+pub mod config;
 pub mod error;
 pub mod http1;
 pub mod inspect;
 pub mod pii;
+pub mod proxy;
+pub mod server;
+pub mod snapshot;
+pub mod telemetry;
+pub mod worker;

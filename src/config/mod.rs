@@ -1,0 +1,832 @@
+//! Configuration: the YAML schema, its loading and its validation.
+//!
+//! Owns: turning a file into a validated [`Config`], and turning every problem into a
+//! [`ConfigError`] that names the file, the line and the field (`file:line: field: problem`).
+//!
+//! Invariants:
+//! * Unknown fields are errors (`deny_unknown_fields` everywhere): a typo never silently
+//!   falls back to a default.
+//! * A [`Config`] that [`load`] returns has passed *all* validation: every route names an
+//!   existing upstream, every address parses, every limit is in range. The proxy never has to
+//!   re-check it, so a reload either applies whole or not at all.
+//! * Every limit is a named field with its unit last (`header_bytes_max`, `idle_timeout_ms`),
+//!   and its default is a named constant here, documented in `docs/configuration.md`.
+//!
+//! Why serde-saphyr: serde_yaml is deprecated, and its forks lose the field path on semantic
+//! errors. serde-saphyr is maintained, panic-free on input, and gives [`Spanned`] values, so
+//! semantic checks (an unknown upstream, a bad address) can still point at a line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_saphyr::Spanned;
+
+/// Default admin bind: loopback only, never the pod IP, unless configured.
+pub const ADMIN_BIND_DEFAULT: &str = "127.0.0.1:15000";
+/// Default longest time in-flight requests may take to finish on SIGTERM.
+pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default interval at which workers hand telemetry batches to the telemetry thread.
+pub const TELEMETRY_FLUSH_INTERVAL_MS_DEFAULT: u64 = 200;
+/// Default number of telemetry batches that may wait for the telemetry thread before new
+/// batches are dropped (and counted).
+pub const TELEMETRY_QUEUE_BATCHES_MAX_DEFAULT: usize = 1024;
+/// Default interval for re-resolving upstream hostnames (Kubernetes Service names).
+pub const DNS_REFRESH_MS_DEFAULT: u64 = 5_000;
+/// Default interval at which the config file is checked for changes.
+pub const WATCH_INTERVAL_MS_DEFAULT: u64 = 1_000;
+/// Default bound on a request or response head, in bytes.
+pub const HEADER_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Default bound on the number of header fields in one head.
+pub const HEADERS_COUNT_MAX_DEFAULT: usize = 100;
+/// Default time a client has to send a complete request head once it started one.
+pub const HEADER_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default time an idle keep-alive client connection is kept open.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// Default time to wait for a TCP (and TLS) connection to an upstream.
+pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 2_000;
+/// Default time to wait for the first byte of the upstream's response (time to first token
+/// for streams). Model calls are slow: a long default.
+pub const FIRST_BYTE_TIMEOUT_MS_DEFAULT: u64 = 300_000;
+/// Default longest silence between two reads of a body, in either direction.
+pub const BODY_IDLE_TIMEOUT_MS_DEFAULT: u64 = 300_000;
+/// Default idle upstream connections kept per endpoint per worker.
+pub const POOL_IDLE_MAX_DEFAULT: usize = 64;
+/// Default time an idle pooled upstream connection is kept before it is closed.
+pub const POOL_IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Largest number of workers accepted (one per core; more than this is a typo).
+pub const WORKERS_MAX: usize = 256;
+
+/// One configuration problem, with its place in the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {field}: {problem}")]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based line; 0 when the problem is not tied to a line (an unreadable file).
+    pub line: u64,
+    /// Dotted field path, e.g. `listeners[0].routes[1].upstream`.
+    pub field: String,
+    pub problem: String,
+}
+
+/// All problems found in one file. Validation keeps going after the first problem so that
+/// `sluice check` lists everything to fix at once.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A value with the line it was written on, so semantic validation can point at it.
+/// Serializes as the bare value (for `/config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loc<T> {
+    pub value: T,
+    pub line: u64,
+}
+
+impl<T> Loc<T> {
+    pub fn new(value: T) -> Self {
+        Loc { value, line: 0 }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Loc<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Spanned::<T>::deserialize(d)?;
+        Ok(Loc {
+            value: s.value,
+            line: s.referenced.line(),
+        })
+    }
+}
+
+impl<T: Serialize> Serialize for Loc<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(s)
+    }
+}
+
+/// `workers: auto` or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workers {
+    #[default]
+    Auto,
+    Count(usize),
+}
+
+impl Workers {
+    /// The number of workers to run: `auto` is one per available core.
+    pub fn resolve(self) -> usize {
+        match self {
+            Workers::Count(n) => n,
+            Workers::Auto => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Workers::Count(n as usize)),
+            Raw::S(s) if s == "auto" => Ok(Workers::Auto),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "expected `auto` or a number, got `{s}`"
+            ))),
+        }
+    }
+}
+
+impl Serialize for Workers {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Auto => s.serialize_str("auto"),
+            Workers::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// One event loop per worker, each pinned to a core.
+    #[serde(default)]
+    pub workers: Workers,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default = "drain_timeout_ms_default")]
+    pub drain_timeout_ms: u64,
+    #[serde(default = "dns_refresh_ms_default")]
+    pub dns_refresh_ms: u64,
+    #[serde(default = "watch_interval_ms_default")]
+    pub watch_interval_ms: u64,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+fn drain_timeout_ms_default() -> u64 {
+    DRAIN_TIMEOUT_MS_DEFAULT
+}
+fn dns_refresh_ms_default() -> u64 {
+    DNS_REFRESH_MS_DEFAULT
+}
+fn watch_interval_ms_default() -> u64 {
+    WATCH_INTERVAL_MS_DEFAULT
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Loopback by default: the admin port exposes configuration and metrics.
+    #[serde(default = "admin_bind_default")]
+    pub bind: Loc<String>,
+}
+
+fn admin_bind_default() -> Loc<String> {
+    Loc::new(ADMIN_BIND_DEFAULT.to_string())
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: admin_bind_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// `stdout`, `stderr` or a file path. Written by the telemetry thread, never a worker.
+    #[serde(default = "access_log_path_default")]
+    pub path: String,
+}
+
+fn access_log_path_default() -> String {
+    "stdout".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default = "telemetry_flush_interval_ms_default")]
+    pub flush_interval_ms: u64,
+    #[serde(default = "telemetry_queue_batches_max_default")]
+    pub queue_batches_max: usize,
+}
+
+fn telemetry_flush_interval_ms_default() -> u64 {
+    TELEMETRY_FLUSH_INTERVAL_MS_DEFAULT
+}
+fn telemetry_queue_batches_max_default() -> usize {
+    TELEMETRY_QUEUE_BATCHES_MAX_DEFAULT
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            flush_interval_ms: TELEMETRY_FLUSH_INTERVAL_MS_DEFAULT,
+            queue_batches_max: TELEMETRY_QUEUE_BATCHES_MAX_DEFAULT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: Loc<String>,
+    pub bind: Loc<String>,
+    #[serde(default = "header_bytes_max_default")]
+    pub header_bytes_max: usize,
+    #[serde(default = "headers_count_max_default")]
+    pub headers_count_max: usize,
+    #[serde(default = "header_timeout_ms_default")]
+    pub header_timeout_ms: u64,
+    #[serde(default = "idle_timeout_ms_default")]
+    pub idle_timeout_ms: u64,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+fn header_bytes_max_default() -> usize {
+    HEADER_BYTES_MAX_DEFAULT
+}
+fn headers_count_max_default() -> usize {
+    HEADERS_COUNT_MAX_DEFAULT
+}
+fn header_timeout_ms_default() -> u64 {
+    HEADER_TIMEOUT_MS_DEFAULT
+}
+fn idle_timeout_ms_default() -> u64 {
+    IDLE_TIMEOUT_MS_DEFAULT
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Defaults to `<listener>-<index>`; used in metrics and logs.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: RouteMatch,
+    pub upstream: Loc<String>,
+    #[serde(default)]
+    pub timeouts: RouteTimeouts,
+}
+
+/// All given conditions must hold. An empty match matches every request.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub path_exact: Option<String>,
+    /// Host header without port, compared case-insensitively.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Header name → exact value.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTimeouts {
+    #[serde(default = "first_byte_timeout_ms_default")]
+    pub first_byte_ms: u64,
+    #[serde(default = "body_idle_timeout_ms_default")]
+    pub idle_ms: u64,
+    /// 0 = no limit on the whole exchange.
+    #[serde(default)]
+    pub total_ms: u64,
+}
+
+fn first_byte_timeout_ms_default() -> u64 {
+    FIRST_BYTE_TIMEOUT_MS_DEFAULT
+}
+fn body_idle_timeout_ms_default() -> u64 {
+    BODY_IDLE_TIMEOUT_MS_DEFAULT
+}
+
+impl Default for RouteTimeouts {
+    fn default() -> Self {
+        RouteTimeouts {
+            first_byte_ms: FIRST_BYTE_TIMEOUT_MS_DEFAULT,
+            idle_ms: BODY_IDLE_TIMEOUT_MS_DEFAULT,
+            total_ms: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port`; hostnames are resolved at start and re-resolved every `dns_refresh_ms`.
+    pub endpoints: Loc<Vec<String>>,
+    #[serde(default)]
+    pub tls: TlsClientConfig,
+    /// `auto` (the endpoint's host), `preserve` (the client's Host) or a literal host.
+    #[serde(default = "host_rewrite_default")]
+    pub host_rewrite: String,
+    #[serde(default = "connect_timeout_ms_default")]
+    pub connect_timeout_ms: u64,
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+fn host_rewrite_default() -> String {
+    "auto".to_string()
+}
+fn connect_timeout_ms_default() -> u64 {
+    CONNECT_TIMEOUT_MS_DEFAULT
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default = "pool_idle_max_default")]
+    pub idle_max: usize,
+    #[serde(default = "pool_idle_timeout_ms_default")]
+    pub idle_timeout_ms: u64,
+}
+
+fn pool_idle_max_default() -> usize {
+    POOL_IDLE_MAX_DEFAULT
+}
+fn pool_idle_timeout_ms_default() -> u64 {
+    POOL_IDLE_TIMEOUT_MS_DEFAULT
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            idle_max: POOL_IDLE_MAX_DEFAULT,
+            idle_timeout_ms: POOL_IDLE_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsClientConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Server name to send and verify; defaults to the endpoint's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Extra PEM CA bundle trusted in addition to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<Loc<String>>,
+    /// Trust the system roots (and the bundled webpki roots when the system has none).
+    #[serde(default = "yes")]
+    pub system_roots: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for TlsClientConfig {
+    fn default() -> Self {
+        TlsClientConfig {
+            enabled: false,
+            sni: None,
+            ca_file: None,
+            system_roots: true,
+        }
+    }
+}
+
+/// Read, parse and validate a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line: 0,
+            field: "-".into(),
+            problem: format!("cannot read: {e}"),
+        }])
+    })?;
+    parse(&file, &text)
+}
+
+/// Parse and validate configuration text; `file` is only used in error messages.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+    let path = std::cell::RefCell::new(String::new());
+    let res = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
+            *path.borrow_mut() = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    let cfg = match res {
+        Ok(c) => c,
+        Err(e) => {
+            let line = e.location().map(|l| l.line()).unwrap_or(0);
+            let field = path.into_inner();
+            let field = if field.is_empty() || field == "." {
+                "-".to_string()
+            } else {
+                field
+            };
+            return Err(ConfigErrors(vec![ConfigError {
+                file: file.to_string(),
+                line,
+                field,
+                problem: first_line(&e.to_string()),
+            }]));
+        }
+    };
+    let mut v = Validator {
+        file,
+        errors: Vec::new(),
+    };
+    v.validate(&cfg);
+    if v.errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+/// serde-saphyr renders a snippet under the message; keep the message line only.
+fn first_line(s: &str) -> String {
+    let mut l = s.lines().next().unwrap_or(s).trim();
+    l = l.strip_prefix("error: ").unwrap_or(l);
+    // Drop a "line X column Y: " prefix or " at line X column Y" suffix: we report the line.
+    if l.starts_with("line ") {
+        if let Some(i) = l.find(": ") {
+            l = &l[i + 2..];
+        }
+    }
+    match l.find(" at line ") {
+        Some(i) => l[..i].to_string(),
+        None => l.to_string(),
+    }
+}
+
+struct Validator<'a> {
+    file: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, line: u64, field: impl Into<String>, problem: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            field: field.into(),
+            problem: problem.into(),
+        });
+    }
+
+    fn validate(&mut self, c: &Config) {
+        if let Workers::Count(n) = c.workers {
+            if n == 0 || n > WORKERS_MAX {
+                self.err(0, "workers", format!("must be `auto` or 1..={WORKERS_MAX}"));
+            }
+        }
+        if c.admin.bind.value.parse::<SocketAddr>().is_err() {
+            self.err(
+                c.admin.bind.line,
+                "admin.bind",
+                format!("`{}` is not an ip:port address", c.admin.bind.value),
+            );
+        }
+        if c.telemetry.flush_interval_ms == 0 {
+            self.err(0, "telemetry.flush_interval_ms", "must be > 0");
+        }
+        if c.telemetry.queue_batches_max == 0 {
+            self.err(0, "telemetry.queue_batches_max", "must be > 0");
+        }
+        if c.watch_interval_ms == 0 {
+            self.err(0, "watch_interval_ms", "must be > 0");
+        }
+        if c.listeners.is_empty() {
+            self.err(0, "listeners", "at least one listener is required");
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut binds = std::collections::HashSet::new();
+        for (i, l) in c.listeners.iter().enumerate() {
+            let f = format!("listeners[{i}]");
+            if !names.insert(l.name.value.clone()) {
+                self.err(l.name.line, format!("{f}.name"), "duplicate listener name");
+            }
+            match l.bind.value.parse::<SocketAddr>() {
+                Ok(a) => {
+                    if !binds.insert(a) {
+                        self.err(l.bind.line, format!("{f}.bind"), "duplicate bind address");
+                    }
+                }
+                Err(_) => self.err(
+                    l.bind.line,
+                    format!("{f}.bind"),
+                    format!("`{}` is not an ip:port address", l.bind.value),
+                ),
+            }
+            if l.header_bytes_max < 1024 || l.header_bytes_max > 1024 * 1024 {
+                self.err(
+                    l.bind.line,
+                    format!("{f}.header_bytes_max"),
+                    "must be between 1024 and 1048576",
+                );
+            }
+            if l.headers_count_max == 0 || l.headers_count_max > 1024 {
+                self.err(
+                    l.bind.line,
+                    format!("{f}.headers_count_max"),
+                    "must be between 1 and 1024",
+                );
+            }
+            if l.header_timeout_ms == 0 {
+                self.err(l.bind.line, format!("{f}.header_timeout_ms"), "must be > 0");
+            }
+            if l.idle_timeout_ms == 0 {
+                self.err(l.bind.line, format!("{f}.idle_timeout_ms"), "must be > 0");
+            }
+            for (j, r) in l.routes.iter().enumerate() {
+                let rf = format!("{f}.routes[{j}]");
+                if !c.upstreams.contains_key(&r.upstream.value) {
+                    self.err(
+                        r.upstream.line,
+                        format!("{rf}.upstream"),
+                        format!("no upstream named `{}`", r.upstream.value),
+                    );
+                }
+                if let Some(p) = &r.matcher.path_prefix {
+                    if !p.starts_with('/') {
+                        self.err(
+                            r.upstream.line,
+                            format!("{rf}.match.path_prefix"),
+                            "must start with /",
+                        );
+                    }
+                }
+                if let Some(p) = &r.matcher.path_exact {
+                    if !p.starts_with('/') {
+                        self.err(
+                            r.upstream.line,
+                            format!("{rf}.match.path_exact"),
+                            "must start with /",
+                        );
+                    }
+                }
+                if let Some(m) = &r.matcher.method {
+                    if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                        self.err(
+                            r.upstream.line,
+                            format!("{rf}.match.method"),
+                            "must be an upper-case method name like POST",
+                        );
+                    }
+                }
+                for name in r.matcher.headers.keys() {
+                    if name.is_empty()
+                        || !name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        self.err(
+                            r.upstream.line,
+                            format!("{rf}.match.headers"),
+                            format!("`{name}` is not a header name"),
+                        );
+                    }
+                }
+                if r.timeouts.first_byte_ms == 0 || r.timeouts.idle_ms == 0 {
+                    self.err(
+                        r.upstream.line,
+                        format!("{rf}.timeouts"),
+                        "first_byte_ms and idle_ms must be > 0",
+                    );
+                }
+            }
+        }
+        for (name, u) in &c.upstreams {
+            let f = format!("upstreams.{name}");
+            if u.endpoints.value.is_empty() {
+                self.err(
+                    u.endpoints.line,
+                    format!("{f}.endpoints"),
+                    "at least one endpoint is required",
+                );
+            }
+            for (k, ep) in u.endpoints.value.iter().enumerate() {
+                if let Err(p) = split_host_port(ep) {
+                    self.err(u.endpoints.line, format!("{f}.endpoints[{k}]"), p);
+                }
+            }
+            if u.connect_timeout_ms == 0 {
+                self.err(
+                    u.endpoints.line,
+                    format!("{f}.connect_timeout_ms"),
+                    "must be > 0",
+                );
+            }
+            if u.host_rewrite.is_empty() {
+                self.err(
+                    u.endpoints.line,
+                    format!("{f}.host_rewrite"),
+                    "must be `auto`, `preserve` or a host name",
+                );
+            }
+            if let Some(ca) = &u.tls.ca_file {
+                if !u.tls.enabled {
+                    self.err(
+                        ca.line,
+                        format!("{f}.tls.ca_file"),
+                        "set, but tls.enabled is false",
+                    );
+                } else if let Err(e) = std::fs::metadata(&ca.value) {
+                    self.err(
+                        ca.line,
+                        format!("{f}.tls.ca_file"),
+                        format!("`{}`: {e}", ca.value),
+                    );
+                }
+            }
+            if u.tls.enabled && !u.tls.system_roots && u.tls.ca_file.is_none() {
+                self.err(
+                    u.endpoints.line,
+                    format!("{f}.tls"),
+                    "system_roots is false and no ca_file is given: nothing would be trusted",
+                );
+            }
+        }
+    }
+}
+
+/// Split `host:port` (IPv6 as `[::1]:443`). The port is required: an implicit port is a
+/// frequent source of "it worked on my machine".
+pub fn split_host_port(ep: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = ep.strip_prefix('[') {
+        let end = rest
+            .find(']')
+            .ok_or_else(|| format!("`{ep}`: unterminated [ipv6]"))?;
+        let port = rest[end + 1..]
+            .strip_prefix(':')
+            .ok_or_else(|| format!("`{ep}`: expected host:port"))?;
+        (rest[..end].to_string(), port)
+    } else {
+        let i = ep
+            .rfind(':')
+            .ok_or_else(|| format!("`{ep}`: expected host:port"))?;
+        (ep[..i].to_string(), &ep[i + 1..])
+    };
+    if host.is_empty() {
+        return Err(format!("`{ep}`: empty host"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{ep}`: `{port}` is not a port number"))?;
+    if port == 0 {
+        return Err(format!("`{ep}`: port 0"));
+    }
+    Ok((host, port))
+}
+
+/// Where the configuration came from, for reloads.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+workers: 2
+admin: { bind: 127.0.0.1:15000 }
+listeners:
+  - name: outbound
+    bind: 127.0.0.1:15001
+    routes:
+      - match: { path_prefix: /v1/ }
+        upstream: openai
+upstreams:
+  openai:
+    endpoints: ["127.0.0.1:19090"]
+    tls: { enabled: false }
+"#;
+
+    #[test]
+    fn issue_example_parses() {
+        let c = parse("t.yaml", GOOD).unwrap();
+        assert_eq!(c.workers, Workers::Count(2));
+        assert_eq!(c.listeners[0].routes[0].upstream.value, "openai");
+        assert_eq!(c.listeners[0].routes[0].upstream.line, 9);
+        assert_eq!(
+            c.upstreams["openai"].endpoints.value,
+            vec!["127.0.0.1:19090"]
+        );
+    }
+
+    #[test]
+    fn workers_auto() {
+        let c = parse("t.yaml", &GOOD.replace("workers: 2", "workers: auto")).unwrap();
+        assert_eq!(c.workers, Workers::Auto);
+        assert!(c.workers.resolve() >= 1);
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let bad = GOOD.replace("path_prefix: /v1/", "path_prefx: /v1/");
+        let e = parse("t.yaml", &bad).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.starts_with("t.yaml:8: listeners[0].routes[0].match"),
+            "{s}"
+        );
+        assert!(s.contains("path_prefx"), "{s}");
+    }
+
+    #[test]
+    fn unknown_top_level_field() {
+        let e = parse("t.yaml", &format!("{GOOD}\nbogus: 1\n")).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("bogus"), "{s}");
+        assert!(
+            s.starts_with("t.yaml:15: bogus: unknown field `bogus`"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported_with_lines() {
+        let bad = GOOD
+            .replace("upstream: openai", "upstream: nope")
+            .replace("bind: 127.0.0.1:15001", "bind: localhost")
+            .replace("\"127.0.0.1:19090\"", "\"127.0.0.1\"");
+        let e = parse("t.yaml", &bad).unwrap_err();
+        let s = e.to_string();
+        assert_eq!(e.0.len(), 3, "{s}");
+        assert!(
+            s.contains("t.yaml:6: listeners[0].bind: `localhost` is not an ip:port"),
+            "{s}"
+        );
+        assert!(
+            s.contains("t.yaml:9: listeners[0].routes[0].upstream: no upstream named `nope`"),
+            "{s}"
+        );
+        assert!(
+            s.contains("t.yaml:12: upstreams.openai.endpoints[0]"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_is_reported() {
+        let bad = GOOD.replace("workers: 2", "workers: lots");
+        let e = parse("t.yaml", &bad).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("t.yaml:2: workers:"), "{s}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = parse("t.yaml", "listeners:\n  - name: [unclosed\n").unwrap_err();
+        assert!(e.0[0].line >= 2, "{e}");
+    }
+
+    #[test]
+    fn host_port_split() {
+        assert_eq!(split_host_port("a.b:443").unwrap(), ("a.b".into(), 443));
+        assert_eq!(split_host_port("[::1]:80").unwrap(), ("::1".into(), 80));
+        assert!(split_host_port("a.b").is_err());
+        assert!(split_host_port("a.b:0").is_err());
+        assert!(split_host_port(":80").is_err());
+        assert!(split_host_port("[::1]80").is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! Errors of the proxy boundary: everything that can end an exchange between a client, sluice
+//! and an upstream.
+//!
+//! Each variant says whose fault it is ([`Side`]), the status the client gets (when it can
+//! still get one), and a short code for metrics and the OpenAI error body. Messages name the
+//! upstream and the limit that was hit, never header values or body text.
+
+use std::sync::Arc;
+
+use crate::error::{Classify, Side};
+use crate::http1::CodecError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("invalid request: {0}")]
+    BadRequest(#[from] CodecError),
+    #[error("no route matches {method} {path}")]
+    NoRoute { method: String, path: String },
+    #[error("client did not send a complete request head within {0} ms")]
+    HeaderTimeout(u64),
+    #[error("client sent no body bytes for {0} ms")]
+    ClientBodyTimeout(u64),
+    #[error("client closed the connection")]
+    ClientClosed,
+    #[error("upstream `{0}` has no endpoint with a resolved address")]
+    NoEndpoint(Arc<str>),
+    #[error("upstream `{0}`: connect timed out after {1} ms")]
+    ConnectTimeout(Arc<str>, u64),
+    #[error("upstream `{0}`: connect failed: {1}")]
+    ConnectFailed(Arc<str>, std::io::Error),
+    #[error("upstream `{0}`: TLS handshake failed: {1}")]
+    Tls(Arc<str>, String),
+    #[error("upstream `{0}`: could not send the request: {1}")]
+    UpstreamWrite(Arc<str>, std::io::Error),
+    #[error("upstream `{0}`: no response within {1} ms")]
+    FirstByteTimeout(Arc<str>, u64),
+    #[error("upstream `{0}`: closed the connection before responding")]
+    UpstreamClosed(Arc<str>),
+    #[error("upstream `{0}`: invalid response: {1}")]
+    BadResponse(Arc<str>, CodecError),
+    #[error("upstream `{0}`: response body stalled for {1} ms")]
+    UpstreamBodyTimeout(Arc<str>, u64),
+    #[error("upstream `{0}`: response cut short: {1}")]
+    UpstreamAborted(Arc<str>, String),
+    #[error("exchange exceeded its total timeout of {0} ms")]
+    TotalTimeout(u64),
+}
+
+impl Classify for ProxyError {
+    fn side(&self) -> Side {
+        use ProxyError::*;
+        match self {
+            BadRequest(_)
+            | NoRoute { .. }
+            | HeaderTimeout(_)
+            | ClientBodyTimeout(_)
+            | ClientClosed => Side::Downstream,
+            NoEndpoint(_)
+            | ConnectTimeout(..)
+            | ConnectFailed(..)
+            | Tls(..)
+            | UpstreamWrite(..)
+            | FirstByteTimeout(..)
+            | UpstreamClosed(_)
+            | BadResponse(..)
+            | UpstreamBodyTimeout(..)
+            | UpstreamAborted(..)
+            | TotalTimeout(_) => Side::Upstream,
+        }
+    }
+
+    fn status(&self) -> u16 {
+        use ProxyError::*;
+        match self {
+            BadRequest(e) => e.status(),
+            NoRoute { .. } => 404,
+            HeaderTimeout(_) | ClientBodyTimeout(_) => 408,
+            // Nobody to answer; 499 is what access logs conventionally show.
+            ClientClosed => 499,
+            NoEndpoint(_) => 503,
+            ConnectTimeout(..)
+            | FirstByteTimeout(..)
+            | UpstreamBodyTimeout(..)
+            | TotalTimeout(_) => 504,
+            ConnectFailed(..) | Tls(..) | UpstreamWrite(..) | UpstreamClosed(_)
+            | BadResponse(..) | UpstreamAborted(..) => 502,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            BadRequest(e) => e.code(),
+            NoRoute { .. } => "no_route",
+            HeaderTimeout(_) => "header_timeout",
+            ClientBodyTimeout(_) => "client_body_timeout",
+            ClientClosed => "client_closed",
+            NoEndpoint(_) => "no_healthy_upstream",
+            ConnectTimeout(..) => "upstream_connect_timeout",
+            ConnectFailed(..) => "upstream_connect_failed",
+            Tls(..) => "upstream_tls_failed",
+            UpstreamWrite(..) => "upstream_write_failed",
+            FirstByteTimeout(..) => "upstream_timeout",
+            UpstreamClosed(_) => "upstream_closed",
+            BadResponse(..) => "upstream_bad_response",
+            UpstreamBodyTimeout(..) => "upstream_body_timeout",
+            UpstreamAborted(..) => "upstream_aborted",
+            TotalTimeout(_) => "total_timeout",
+        }
+    }
+}

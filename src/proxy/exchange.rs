@@ -1,0 +1,1163 @@
+//! The downstream connection loop and one request/response exchange.
+//!
+//! Owns: reading request heads, routing, forwarding the request (head rewritten, body streamed),
+//! reading the response head, forwarding the response (head rewritten, body streamed), and the
+//! decision whether each connection may be reused. Protocol parsing is `http1`'s (no IO there);
+//! this module only moves bytes and applies policy.
+//!
+//! Phases of one exchange, in order (each has one place below):
+//! 1. `read_head`: wait for a request head (idle timeout, then header timeout), or a drain.
+//! 2. route: the first route of the listener whose match holds; none → 404.
+//! 3. `forward_request`: write the rewritten head and stream the body as raw wire bytes.
+//! 4. `read_response_head`: first-byte timeout; a reused pooled connection that turns out dead
+//!    is retried once on a fresh one when the whole request is still in memory.
+//! 5. `forward_response`: write the rewritten head at once (before any body byte arrives: TTFT),
+//!    then forward every read from the upstream as soon as it arrives. Nothing is buffered.
+//! 6. complete: the upstream connection goes back to the pool only after a clean, complete
+//!    exchange; telemetry gets one record.
+//!
+//! Invariants:
+//! * A body is forwarded in the framing it arrived in (raw bytes, validated by `BodyDecoder`);
+//!   only close-delimited responses to HTTP/1.1 clients are re-framed as chunked, so the client
+//!   connection can stay open.
+//! * A response cut short by the upstream is never dressed up as complete: no chunked
+//!   terminator is written and the client connection is reset.
+//! * A client that goes away mid-stream cancels the upstream exchange; that upstream
+//!   connection is dropped, never pooled.
+//! * Every error the client can still be told about gets an OpenAI-shaped JSON body.
+//!
+//! Why the request is forwarded before the response is read (no full duplex): model APIs read
+//! the whole request before answering; a server that answers early still gets its answer
+//! forwarded, because a failed request write is followed by a read of the response.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use super::error::ProxyError;
+use super::io::Io;
+use super::upstream::{self, UpConn};
+use crate::error::{write_openai_error, Classify};
+use crate::http1::{self, BodyDecoder, BodyKind, CodecError, RequestHead, ResponseHead, Version};
+use crate::snapshot::{HostRewrite, ListenerRt, RouteRt, Snapshot, UpstreamRt};
+use crate::telemetry::{AccessFields, Outcome, RequestRecord, NONE_IDX};
+use crate::worker::{ConnGuard, Worker};
+
+/// Initial capacity of a client connection's read buffer. Small, because most of a sidecar's
+/// connections are idle keep-alives or long streams that read nothing from the client.
+pub const CLIENT_READ_BYTES_INITIAL: usize = 4 * 1024;
+/// Capacity of the buffer an exchange reads the upstream's response into. Every read is
+/// forwarded at once, so this bounds per-stream memory, not latency.
+pub const UPSTREAM_READ_BYTES: usize = 8 * 1024;
+/// A read buffer that grew beyond this (a large head or body) is shrunk back between requests.
+pub const READ_BUFFER_KEEP_BYTES_MAX: usize = 64 * 1024;
+/// Body bytes that are copied behind a head into one write instead of a second write.
+pub const COALESCE_BYTES_MAX: usize = 16 * 1024;
+/// `Via` value added to forwarded requests and responses (RFC 9110 §7.6.3).
+pub const VIA: &[u8] = b"1.1 sluice";
+
+/// Serve one client connection until it closes, errors, or the worker drains.
+pub async fn serve_connection(
+    w: Rc<Worker>,
+    listener: Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _guard: ConnGuard,
+) {
+    let mut client = Io::Tcp(stream);
+    let mut rbuf: Vec<u8> = Vec::with_capacity(CLIENT_READ_BYTES_INITIAL);
+    let mut wbuf: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let snap = w.snapshot();
+        let Some((lidx, l)) = snap.listener(&listener) else {
+            return; // listener removed by a reload: close between requests
+        };
+        let head = match read_head(&w, &mut client, &mut rbuf, l).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => {
+                let status = e.status();
+                if status != 499 {
+                    wbuf.clear();
+                    write_error_response(&mut wbuf, &e, Version::Http11, true);
+                    let _ = client.write_all(wbuf).await;
+                }
+                log_error(&e, &listener, peer);
+                record_local(&w, &snap, lidx as u16, status, &e, Instant::now());
+                return;
+            }
+        };
+        let (parsed, consumed) = head;
+        rbuf.drain(..consumed);
+        let ex = Exchange {
+            w: &w,
+            snap: &snap,
+            lidx,
+            l,
+            peer,
+            started: Instant::now(),
+        };
+        let keep;
+        (keep, rbuf, wbuf) = ex.run(&mut client, parsed, rbuf, wbuf).await;
+        if !keep || w.is_draining() {
+            return;
+        }
+        if rbuf.capacity() > READ_BUFFER_KEEP_BYTES_MAX && rbuf.len() < CLIENT_READ_BYTES_INITIAL {
+            rbuf.shrink_to(CLIENT_READ_BYTES_INITIAL);
+        }
+    }
+}
+
+/// Wait for and parse one request head. `Ok(None)`: the client closed cleanly between requests
+/// (or the worker is draining and the connection is idle).
+async fn read_head(
+    w: &Worker,
+    client: &mut Io,
+    rbuf: &mut Vec<u8>,
+    l: &ListenerRt,
+) -> Result<Option<(RequestHead, usize)>, ProxyError> {
+    let mut deadline: Option<monoio::time::Instant> = None;
+    loop {
+        if !rbuf.is_empty() {
+            if let Some(h) = http1::parse_request(rbuf, &l.limits)? {
+                return Ok(Some(h));
+            }
+        }
+        let buf = std::mem::take(rbuf);
+        let (res, buf) = if let Some(d) = deadline {
+            match monoio::time::timeout_at(d, client.read_append(buf)).await {
+                Ok(r) => r,
+                Err(_) => return Err(ProxyError::HeaderTimeout(l.header_timeout_ms)),
+            }
+        } else {
+            // Idle between requests: wait for the first byte, the idle timeout or a drain.
+            let idle = Duration::from_millis(l.idle_timeout_ms);
+            let read = monoio::time::timeout(idle, client.read_append(buf));
+            monoio::select! {
+                r = read => match r {
+                    Ok(r) => r,
+                    Err(_) => return Ok(None),
+                },
+                _ = w.drain.wait() => return Ok(None),
+            }
+        };
+        *rbuf = buf;
+        match res {
+            Ok(0) => {
+                if rbuf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(ProxyError::ClientClosed);
+            }
+            Ok(_) => {
+                if deadline.is_none() {
+                    deadline = Some(
+                        monoio::time::Instant::now() + Duration::from_millis(l.header_timeout_ms),
+                    );
+                }
+            }
+            Err(_) => return Err(ProxyError::ClientClosed),
+        }
+    }
+}
+
+struct Exchange<'a> {
+    w: &'a Rc<Worker>,
+    snap: &'a Snapshot,
+    lidx: usize,
+    l: &'a ListenerRt,
+    peer: SocketAddr,
+    started: Instant,
+}
+
+/// What happened to the response, for the record and the keep-alive decision.
+struct Done {
+    status: u16,
+    outcome: Outcome,
+    error: Option<ProxyError>,
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream_first_byte: Option<Instant>,
+    overhead: Duration,
+    keep_client: bool,
+}
+
+impl<'a> Exchange<'a> {
+    /// Run one exchange. Returns whether the client connection may carry another request,
+    /// and the buffers for reuse.
+    async fn run(
+        &self,
+        client: &mut Io,
+        head: RequestHead,
+        rbuf: Vec<u8>,
+        wbuf: Vec<u8>,
+    ) -> (bool, Vec<u8>, Vec<u8>) {
+        let route = self.route(&head);
+        let request_id = request_id(&head);
+        let access = self.w.telemetry.borrow().access_log.then(|| {
+            Box::new(AccessFields {
+                method: head.method_str().to_string(),
+                path: head.path().to_string(),
+                request_id: request_id.clone(),
+                peer: self.peer.to_string(),
+                unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+            })
+        });
+        let (ridx, route) = match route {
+            Some(r) => r,
+            None => {
+                let e = ProxyError::NoRoute {
+                    method: head.method_str().to_string(),
+                    path: head.path().chars().take(256).collect(),
+                };
+                // The unread body (if any) would be taken for the next request: close.
+                let keep = matches!(head.body_kind(), BodyKind::Empty)
+                    && head.keep_alive()
+                    && !self.w.is_draining();
+                let mut wbuf = wbuf;
+                wbuf.clear();
+                write_error_response(&mut wbuf, &e, head.version(), !keep);
+                let (res, wbuf) = client.write_all(wbuf).await;
+                log_error(&e, &self.l.name, self.peer);
+                self.record(
+                    NONE_IDX,
+                    NONE_IDX,
+                    Done {
+                        status: 404,
+                        outcome: Outcome::LocalReply,
+                        error: Some(e),
+                        bytes_in: 0,
+                        bytes_out: 0,
+                        upstream_first_byte: None,
+                        overhead: self.started.elapsed(),
+                        keep_client: keep,
+                    },
+                    access,
+                );
+                return (keep && res.is_ok(), rbuf, wbuf);
+            }
+        };
+        let up = &self.snap.upstreams[route.upstream];
+        let (done, rbuf, wbuf) = self
+            .proxy(client, &head, route, up, &request_id, rbuf, wbuf)
+            .await;
+        let keep = done.keep_client;
+        self.record(ridx as u16, route.upstream as u16, done, access);
+        (keep, rbuf, wbuf)
+    }
+
+    fn route(&self, head: &RequestHead) -> Option<(usize, &'a RouteRt)> {
+        let path = head.path();
+        let host = head.host().map(strip_port);
+        self.l.routes.iter().enumerate().find(|(_, r)| {
+            if let Some(p) = &r.path_exact {
+                if path_only(path) != p {
+                    return false;
+                }
+            }
+            if let Some(p) = &r.path_prefix {
+                if !path.starts_with(p.as_str()) {
+                    return false;
+                }
+            }
+            if let Some(h) = &r.host {
+                match host {
+                    Some(x) if x.eq_ignore_ascii_case(h) => {}
+                    _ => return false,
+                }
+            }
+            if let Some(m) = &r.method {
+                if head.method_str() != m {
+                    return false;
+                }
+            }
+            r.headers
+                .iter()
+                .all(|(n, v)| head.header(n).is_some_and(|x| x == v.as_slice()))
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn proxy(
+        &self,
+        client: &mut Io,
+        head: &RequestHead,
+        route: &RouteRt,
+        up: &Arc<UpstreamRt>,
+        request_id: &str,
+        mut rbuf: Vec<u8>,
+        mut wbuf: Vec<u8>,
+    ) -> (Done, Vec<u8>, Vec<u8>) {
+        let client_keep = head.keep_alive() && !self.w.is_draining();
+        let total_deadline = (route.total_timeout_ms > 0)
+            .then(|| monoio::time::Instant::now() + Duration::from_millis(route.total_timeout_ms));
+        let mut bytes_in = 0u64;
+        let mut overhead = Duration::ZERO;
+        let t_head = Instant::now();
+
+        // Connect (or take a pooled connection) before telling the client to send its body:
+        // a 100 Continue for a request we cannot forward would waste the client's upload.
+        let mut conn = match upstream::acquire(&self.w.pools, up, false).await {
+            Ok(c) => c,
+            Err(e) => {
+                let (d, wbuf) = self
+                    .local_error(client, head, e, wbuf, rbuf.is_empty(), t_head)
+                    .await;
+                return (d, rbuf, wbuf);
+            }
+        };
+        if head.expect_continue()
+            && !matches!(head.body_kind(), BodyKind::Empty | BodyKind::Length(0))
+        {
+            wbuf.clear();
+            http1::write_status_line(&mut wbuf, 100, "", Version::Http11);
+            http1::finish_head(&mut wbuf);
+            let (res, b) = client.write_all(wbuf).await;
+            wbuf = b;
+            if res.is_err() {
+                self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
+                return (self.client_gone(0, t_head), rbuf, wbuf);
+            }
+        }
+
+        // Forward the request head and the body bytes already read.
+        wbuf.clear();
+        let ep = &up.endpoints[conn.key.endpoint];
+        write_upstream_head(
+            &mut wbuf,
+            head,
+            up,
+            ep.authority.as_str(),
+            self.peer,
+            request_id,
+        );
+        let mut decoder = BodyDecoder::new(head.body_kind());
+        let first = match decoder.advance(&rbuf, |_| {}) {
+            Ok(p) => p,
+            Err(e) => {
+                self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
+                let (d, wbuf) = self
+                    .local_error(client, head, ProxyError::BadRequest(e), wbuf, false, t_head)
+                    .await;
+                return (d, rbuf, wbuf);
+            }
+        };
+        bytes_in += first.consumed as u64;
+        // Head and the body bytes that came with it go out in one write. The copy is bounded
+        // by what one read brought in, and it makes the request replayable on a stale
+        // pooled connection when it is complete.
+        wbuf.extend_from_slice(&rbuf[..first.consumed]);
+        rbuf.drain(..first.consumed);
+        let replayable = first.done;
+
+        // Send; retry once on a fresh connection if a reused one is dead before any response.
+        let mut attempt = 0;
+        let (resp, mut ubuf) = loop {
+            attempt += 1;
+            let t_before_send = Instant::now();
+            let (res, b) = conn.io.write_all(wbuf).await;
+            wbuf = b;
+            if let Err(e) = res {
+                if conn.reused && replayable && attempt == 1 {
+                    self.w.pools.borrow_mut().discard(conn);
+                    match upstream::acquire(&self.w.pools, up, true).await {
+                        Ok(c) => {
+                            conn = c;
+                            continue;
+                        }
+                        Err(e) => {
+                            let (d, wbuf) =
+                                self.local_error(client, head, e, wbuf, false, t_head).await;
+                            return (d, rbuf, wbuf);
+                        }
+                    }
+                }
+                self.w.pools.borrow_mut().discard(conn);
+                let e = ProxyError::UpstreamWrite(up.name.clone(), e);
+                let (d, wbuf) = self.local_error(client, head, e, wbuf, false, t_head).await;
+                return (d, rbuf, wbuf);
+            }
+            if attempt == 1 {
+                overhead += t_before_send.duration_since(t_head);
+            }
+            // Stream the rest of the request body, if any.
+            if !first.done && attempt == 1 {
+                let r = self
+                    .stream_request_body(client, &mut conn, &mut decoder, rbuf, route, up)
+                    .await;
+                rbuf = r.1;
+                match r.0 {
+                    Ok(n) => bytes_in += n,
+                    Err(e) => {
+                        self.w.pools.borrow_mut().discard(conn);
+                        let client_gone = matches!(e, ProxyError::ClientClosed);
+                        if client_gone {
+                            return (self.client_gone(bytes_in, t_head), rbuf, wbuf);
+                        }
+                        let (d, wbuf) =
+                            self.local_error(client, head, e, wbuf, false, t_head).await;
+                        return (d, rbuf, wbuf);
+                    }
+                }
+            }
+            let ubuf = Vec::with_capacity(UPSTREAM_READ_BYTES);
+            match self
+                .read_response_head(&mut conn, ubuf, route, up, total_deadline)
+                .await
+            {
+                (Ok(h), ubuf) => break (h, ubuf),
+                (Err(e), ubuf) => {
+                    let retry = conn.reused
+                        && replayable
+                        && attempt == 1
+                        && ubuf.is_empty()
+                        && matches!(e, ProxyError::UpstreamClosed(_));
+                    self.w.pools.borrow_mut().discard(conn);
+                    if retry {
+                        match upstream::acquire(&self.w.pools, up, true).await {
+                            Ok(c) => {
+                                conn = c;
+                                continue;
+                            }
+                            Err(e) => {
+                                let (d, wbuf) =
+                                    self.local_error(client, head, e, wbuf, false, t_head).await;
+                                return (d, rbuf, wbuf);
+                            }
+                        }
+                    }
+                    let (d, wbuf) = self.local_error(client, head, e, wbuf, false, t_head).await;
+                    return (d, rbuf, wbuf);
+                }
+            }
+        };
+        let (rhead, rconsumed) = resp;
+        let t_first_byte = Instant::now();
+        let t_resp_head = t_first_byte;
+
+        // Response head to the client, at once.
+        let kind = rhead.body_kind(head.method());
+        let rechunk = matches!(kind, BodyKind::CloseDelimited) && head.version() == Version::Http11;
+        let keep_client = client_keep
+            && !(matches!(kind, BodyKind::CloseDelimited) && !rechunk)
+            && !self.w.is_draining();
+        let upstream_reusable =
+            rhead.keep_alive() && !rhead.must_close() && !matches!(kind, BodyKind::CloseDelimited);
+        wbuf.clear();
+        write_client_head(
+            &mut wbuf,
+            &rhead,
+            head.version(),
+            keep_client,
+            rechunk,
+            kind,
+        );
+        ubuf.drain(..rconsumed);
+        let mut rdecoder = BodyDecoder::new(kind);
+        let mut bytes_out = 0u64;
+        let p = match rdecoder.advance(&ubuf, |_| {}) {
+            Ok(p) => p,
+            Err(e) => {
+                self.w.pools.borrow_mut().discard(conn);
+                let e = ProxyError::BadResponse(up.name.clone(), e);
+                let (d, wbuf) = self.local_error(client, head, e, wbuf, false, t_head).await;
+                return (d, rbuf, wbuf);
+            }
+        };
+        // Coalesce the first body bytes with the head when they came together.
+        if p.consumed <= COALESCE_BYTES_MAX {
+            if rechunk {
+                http1::write_chunk(&mut wbuf, &ubuf[..p.consumed]);
+            } else {
+                wbuf.extend_from_slice(&ubuf[..p.consumed]);
+            }
+            bytes_out += p.consumed as u64;
+            ubuf.drain(..p.consumed);
+        }
+        let mut body_done = p.done;
+        if body_done && rechunk {
+            http1::write_last_chunk(&mut wbuf);
+        }
+        let (res, b) = client.write_all(wbuf).await;
+        wbuf = b;
+        overhead += t_resp_head.elapsed();
+        if res.is_err() {
+            self.w.pools.borrow_mut().discard(conn);
+            let mut d = self.client_gone(bytes_in, t_head);
+            d.status = rhead.status();
+            d.upstream_first_byte = Some(t_first_byte);
+            d.overhead = overhead;
+            return (d, rbuf, wbuf);
+        }
+        if !ubuf.is_empty() && !body_done {
+            // The first bytes were too many to coalesce: forward them as they are.
+            let p2 = match rdecoder.advance(&ubuf, |_| {}) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.w.pools.borrow_mut().discard(conn);
+                    client.set_reset_on_close();
+                    return (
+                        self.aborted(
+                            rhead.status(),
+                            bytes_in,
+                            bytes_out,
+                            t_head,
+                            t_first_byte,
+                            overhead,
+                            ProxyError::BadResponse(up.name.clone(), e),
+                        ),
+                        rbuf,
+                        wbuf,
+                    );
+                }
+            };
+            let (res, b) = if rechunk {
+                wbuf.clear();
+                http1::write_chunk(&mut wbuf, &ubuf[..p2.consumed]);
+                let (r, b) = client.write_all(wbuf).await;
+                wbuf = b;
+                (r, std::mem::take(&mut ubuf))
+            } else {
+                client
+                    .write_range(std::mem::take(&mut ubuf), 0, p2.consumed)
+                    .await
+            };
+            ubuf = b;
+            bytes_out += p2.consumed as u64;
+            ubuf.drain(..p2.consumed);
+            body_done = p2.done;
+            if res.is_err() {
+                self.w.pools.borrow_mut().discard(conn);
+                let mut d = self.client_gone(bytes_in, t_head);
+                d.status = rhead.status();
+                return (d, rbuf, wbuf);
+            }
+        }
+
+        // Stream the rest of the body, one write per upstream read.
+        let mut upstream_clean = true;
+        if !body_done {
+            let idle = Duration::from_millis(route.body_idle_timeout_ms);
+            loop {
+                ubuf.clear();
+                let read = conn.io.read_append(ubuf);
+                let r = match total_deadline {
+                    Some(d) => {
+                        match monoio::time::timeout_at(d, monoio::time::timeout(idle, read)).await {
+                            Ok(r) => r.map_err(|_| {
+                                ProxyError::UpstreamBodyTimeout(
+                                    up.name.clone(),
+                                    route.body_idle_timeout_ms,
+                                )
+                            }),
+                            Err(_) => Err(ProxyError::TotalTimeout(route.total_timeout_ms)),
+                        }
+                    }
+                    None => monoio::time::timeout(idle, read).await.map_err(|_| {
+                        ProxyError::UpstreamBodyTimeout(up.name.clone(), route.body_idle_timeout_ms)
+                    }),
+                };
+                let (res, b) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // The read future (and its buffer) is gone with the timeout.
+                        self.w.pools.borrow_mut().discard(conn);
+                        client.set_reset_on_close();
+                        return (
+                            self.aborted(
+                                rhead.status(),
+                                bytes_in,
+                                bytes_out,
+                                t_head,
+                                t_first_byte,
+                                overhead,
+                                e,
+                            ),
+                            rbuf,
+                            wbuf,
+                        );
+                    }
+                };
+                ubuf = b;
+                let n = match res {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.w.pools.borrow_mut().discard(conn);
+                        client.set_reset_on_close();
+                        let e = ProxyError::UpstreamAborted(up.name.clone(), e.to_string());
+                        return (
+                            self.aborted(
+                                rhead.status(),
+                                bytes_in,
+                                bytes_out,
+                                t_head,
+                                t_first_byte,
+                                overhead,
+                                e,
+                            ),
+                            rbuf,
+                            wbuf,
+                        );
+                    }
+                };
+                if n == 0 {
+                    match rdecoder.on_eof() {
+                        Ok(()) => {
+                            // Close-delimited body complete.
+                            upstream_clean = false;
+                            if rechunk {
+                                wbuf.clear();
+                                http1::write_last_chunk(&mut wbuf);
+                                let (res, b) = client.write_all(wbuf).await;
+                                wbuf = b;
+                                if res.is_err() {
+                                    self.w.pools.borrow_mut().discard(conn);
+                                    let mut d = self.client_gone(bytes_in, t_head);
+                                    d.status = rhead.status();
+                                    return (d, rbuf, wbuf);
+                                }
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            self.w.pools.borrow_mut().discard(conn);
+                            client.set_reset_on_close();
+                            let e = ProxyError::UpstreamAborted(up.name.clone(), e.to_string());
+                            return (
+                                self.aborted(
+                                    rhead.status(),
+                                    bytes_in,
+                                    bytes_out,
+                                    t_head,
+                                    t_first_byte,
+                                    overhead,
+                                    e,
+                                ),
+                                rbuf,
+                                wbuf,
+                            );
+                        }
+                    }
+                }
+                let p = match rdecoder.advance(&ubuf, |_| {}) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.w.pools.borrow_mut().discard(conn);
+                        client.set_reset_on_close();
+                        let e = ProxyError::BadResponse(up.name.clone(), e);
+                        return (
+                            self.aborted(
+                                rhead.status(),
+                                bytes_in,
+                                bytes_out,
+                                t_head,
+                                t_first_byte,
+                                overhead,
+                                e,
+                            ),
+                            rbuf,
+                            wbuf,
+                        );
+                    }
+                };
+                if p.consumed < ubuf.len() {
+                    // Bytes after the end of the response: the upstream broke framing.
+                    upstream_clean = false;
+                }
+                let res;
+                if rechunk {
+                    wbuf.clear();
+                    http1::write_chunk(&mut wbuf, &ubuf[..p.consumed]);
+                    if p.done {
+                        http1::write_last_chunk(&mut wbuf);
+                    }
+                    let (r, b) = client.write_all(wbuf).await;
+                    wbuf = b;
+                    res = r;
+                } else {
+                    let (r, b) = client.write_range(ubuf, 0, p.consumed).await;
+                    ubuf = b;
+                    res = r;
+                }
+                bytes_out += p.consumed as u64;
+                if res.is_err() {
+                    // Client gone mid-stream: cancel the upstream exchange by dropping it.
+                    self.w.pools.borrow_mut().discard(conn);
+                    let mut d = self.client_gone(bytes_in, t_head);
+                    d.status = rhead.status();
+                    d.bytes_out = bytes_out;
+                    d.upstream_first_byte = Some(t_first_byte);
+                    d.overhead = overhead;
+                    return (d, rbuf, wbuf);
+                }
+                if p.done {
+                    break;
+                }
+            }
+        } else if !ubuf.is_empty() {
+            upstream_clean = false;
+        }
+
+        if upstream_reusable && upstream_clean && rdecoder.is_done() {
+            self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
+        } else {
+            self.w.pools.borrow_mut().discard(conn);
+        }
+        (
+            Done {
+                status: rhead.status(),
+                outcome: Outcome::Complete,
+                error: None,
+                bytes_in,
+                bytes_out,
+                upstream_first_byte: Some(t_first_byte),
+                overhead,
+                keep_client,
+            },
+            rbuf,
+            wbuf,
+        )
+    }
+
+    /// Forward the rest of a request body that did not arrive with the head.
+    async fn stream_request_body(
+        &self,
+        client: &mut Io,
+        conn: &mut UpConn,
+        decoder: &mut BodyDecoder,
+        mut rbuf: Vec<u8>,
+        route: &RouteRt,
+        up: &UpstreamRt,
+    ) -> (Result<u64, ProxyError>, Vec<u8>) {
+        let idle = Duration::from_millis(route.body_idle_timeout_ms);
+        let mut total = 0u64;
+        loop {
+            debug_assert!(rbuf.is_empty());
+            let (res, b) = match monoio::time::timeout(idle, client.read_append(rbuf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return (
+                        Err(ProxyError::ClientBodyTimeout(route.body_idle_timeout_ms)),
+                        Vec::with_capacity(CLIENT_READ_BYTES_INITIAL),
+                    )
+                }
+            };
+            rbuf = b;
+            match res {
+                Ok(0) | Err(_) => return (Err(ProxyError::ClientClosed), rbuf),
+                Ok(_) => {}
+            }
+            let p = match decoder.advance(&rbuf, |_| {}) {
+                Ok(p) => p,
+                Err(e) => return (Err(ProxyError::BadRequest(e)), rbuf),
+            };
+            let (res, b) = conn.io.write_range(rbuf, 0, p.consumed).await;
+            rbuf = b;
+            if let Err(e) = res {
+                return (Err(ProxyError::UpstreamWrite(up.name.clone(), e)), rbuf);
+            }
+            total += p.consumed as u64;
+            rbuf.drain(..p.consumed);
+            if p.done {
+                return (Ok(total), rbuf);
+            }
+        }
+    }
+
+    /// Read the final response head (1xx informational heads are skipped: `100 Continue` was
+    /// answered by sluice itself and `Expect` is not forwarded).
+    async fn read_response_head(
+        &self,
+        conn: &mut UpConn,
+        mut ubuf: Vec<u8>,
+        route: &RouteRt,
+        up: &UpstreamRt,
+        total_deadline: Option<monoio::time::Instant>,
+    ) -> (Result<(ResponseHead, usize), ProxyError>, Vec<u8>) {
+        let mut deadline =
+            monoio::time::Instant::now() + Duration::from_millis(route.first_byte_timeout_ms);
+        if let Some(t) = total_deadline {
+            deadline = deadline.min(t);
+        }
+        let limits = self.l.limits;
+        loop {
+            if !ubuf.is_empty() {
+                match http1::parse_response(&ubuf, &limits) {
+                    Ok(Some((h, n))) => {
+                        if h.is_informational() {
+                            ubuf.drain(..n);
+                            continue;
+                        }
+                        return (Ok((h, n)), ubuf);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return (Err(ProxyError::BadResponse(up.name.clone(), e)), ubuf),
+                }
+            }
+            let (res, b) = match monoio::time::timeout_at(deadline, conn.io.read_append(ubuf)).await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    return (
+                        Err(ProxyError::FirstByteTimeout(
+                            up.name.clone(),
+                            route.first_byte_timeout_ms,
+                        )),
+                        Vec::new(),
+                    )
+                }
+            };
+            ubuf = b;
+            match res {
+                Ok(0) => {
+                    let e = if ubuf.is_empty() {
+                        ProxyError::UpstreamClosed(up.name.clone())
+                    } else {
+                        ProxyError::BadResponse(up.name.clone(), CodecError::Truncated)
+                    };
+                    return (Err(e), ubuf);
+                }
+                Ok(_) => {}
+                Err(_) => return (Err(ProxyError::UpstreamClosed(up.name.clone())), ubuf),
+            }
+        }
+    }
+
+    /// Answer the client with an error of our own. `may_keep`: the request body was fully
+    /// consumed, so the connection can carry on.
+    async fn local_error(
+        &self,
+        client: &mut Io,
+        head: &RequestHead,
+        e: ProxyError,
+        mut wbuf: Vec<u8>,
+        may_keep: bool,
+        t_head: Instant,
+    ) -> (Done, Vec<u8>) {
+        let keep = may_keep
+            && matches!(head.body_kind(), BodyKind::Empty)
+            && head.keep_alive()
+            && !self.w.is_draining();
+        wbuf.clear();
+        write_error_response(&mut wbuf, &e, head.version(), !keep);
+        let (res, wbuf) = client.write_all(wbuf).await;
+        log_error(&e, &self.l.name, self.peer);
+        (
+            Done {
+                status: e.status(),
+                outcome: Outcome::LocalReply,
+                error: Some(e),
+                bytes_in: 0,
+                bytes_out: 0,
+                upstream_first_byte: None,
+                overhead: t_head.elapsed(),
+                keep_client: keep && res.is_ok(),
+            },
+            wbuf,
+        )
+    }
+
+    fn client_gone(&self, bytes_in: u64, t_head: Instant) -> Done {
+        let _ = t_head;
+        Done {
+            status: 499,
+            outcome: Outcome::DownstreamAbort,
+            error: Some(ProxyError::ClientClosed),
+            bytes_in,
+            bytes_out: 0,
+            upstream_first_byte: None,
+            overhead: Duration::ZERO,
+            keep_client: false,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn aborted(
+        &self,
+        status: u16,
+        bytes_in: u64,
+        bytes_out: u64,
+        t_head: Instant,
+        first: Instant,
+        overhead: Duration,
+        e: ProxyError,
+    ) -> Done {
+        let _ = t_head;
+        log_error(&e, &self.l.name, self.peer);
+        Done {
+            status,
+            outcome: Outcome::UpstreamAbort,
+            error: Some(e),
+            bytes_in,
+            bytes_out,
+            upstream_first_byte: Some(first),
+            overhead,
+            keep_client: false,
+        }
+    }
+
+    fn record(&self, route: u16, upstream: u16, d: Done, access: Option<Box<AccessFields>>) {
+        let (code, side) = match &d.error {
+            Some(e) => (e.code(), e.side().as_str()),
+            None => ("", ""),
+        };
+        let r = RequestRecord {
+            generation: self.snap.generation,
+            worker: self.w.id as u16,
+            listener: self.lidx as u16,
+            route,
+            upstream,
+            status: d.status,
+            outcome: d.outcome,
+            error_code: code,
+            error_side: side,
+            duration_us: self.started.elapsed().as_micros() as u64,
+            upstream_first_byte_us: d
+                .upstream_first_byte
+                .map(|t| t.duration_since(self.started).as_micros() as u64)
+                .unwrap_or(0),
+            overhead_us: d.overhead.as_micros() as u64,
+            bytes_in: d.bytes_in,
+            bytes_out: d.bytes_out,
+            access,
+        };
+        let full = {
+            let mut t = self.w.telemetry.borrow_mut();
+            t.push(r);
+            t.records.len() >= crate::telemetry::LOCAL_RECORDS_MAX
+        };
+        if full {
+            self.w.flush_telemetry(false);
+        }
+    }
+}
+
+fn record_local(
+    w: &Rc<Worker>,
+    snap: &Snapshot,
+    lidx: u16,
+    status: u16,
+    e: &ProxyError,
+    started: Instant,
+) {
+    let r = RequestRecord {
+        generation: snap.generation,
+        worker: w.id as u16,
+        listener: lidx,
+        route: NONE_IDX,
+        upstream: NONE_IDX,
+        status,
+        outcome: if status == 499 {
+            Outcome::DownstreamAbort
+        } else {
+            Outcome::LocalReply
+        },
+        error_code: e.code(),
+        error_side: e.side().as_str(),
+        duration_us: started.elapsed().as_micros() as u64,
+        upstream_first_byte_us: 0,
+        overhead_us: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        access: None,
+    };
+    w.telemetry.borrow_mut().push(r);
+}
+
+fn log_error(e: &ProxyError, listener: &str, peer: SocketAddr) {
+    match e.side() {
+        crate::error::Side::Downstream => {
+            tracing::debug!(listener, %peer, code = e.code(), status = e.status(), "{e}")
+        }
+        _ => tracing::warn!(listener, %peer, code = e.code(), status = e.status(), "{e}"),
+    }
+}
+
+/// `X-Request-Id` from the client, or a new random (v4 UUID shaped) one.
+fn request_id(head: &RequestHead) -> String {
+    if let Some(v) = head.header("x-request-id") {
+        if let Ok(s) = std::str::from_utf8(v) {
+            if !s.is_empty() && s.len() <= 128 {
+                return s.to_string();
+            }
+        }
+    }
+    let a = fastrand::u64(..);
+    let b = fastrand::u64(..);
+    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    let a = (a & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+fn strip_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        return h.split(']').next().map(|s| &s[1..]).unwrap_or(h);
+    }
+    h.rsplit_once(':').map(|(a, _)| a).unwrap_or(h)
+}
+
+fn path_only(p: &str) -> &str {
+    p.split('?').next().unwrap_or(p)
+}
+
+fn is_connection_token(head_tokens: &[&str], name: &str) -> bool {
+    head_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// The request head as the upstream sees it: origin-form target, hop-by-hop headers and those
+/// named in `Connection` removed, `Expect` answered by us, Host per `host_rewrite`,
+/// `X-Forwarded-For` appended, `X-Request-Id` set, `Via` appended, framing kept.
+fn write_upstream_head(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    up: &UpstreamRt,
+    authority: &str,
+    peer: SocketAddr,
+    request_id: &str,
+) {
+    http1::write_request_line(out, head.method_str(), head.path(), Version::Http11);
+    let tokens: Vec<&str> = head.connection_tokens().collect();
+    let mut xff_done = false;
+    let mut via_done = false;
+    let mut rid_seen = false;
+    let host_value: Option<&str> = match &up.host_rewrite {
+        HostRewrite::Auto => Some(authority),
+        HostRewrite::Literal(h) => Some(h.as_str()),
+        HostRewrite::Preserve => None,
+    };
+    if let Some(h) = host_value {
+        http1::write_header(out, "host", h.as_bytes());
+    }
+    for (name, value) in head.headers() {
+        if http1::is_hop_by_hop(name) || is_connection_token(&tokens, name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("expect") {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("host") {
+            if host_value.is_none() {
+                http1::write_header(out, "host", value);
+            }
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") && !xff_done {
+            let mut v = value.to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer.ip().to_string().as_bytes());
+            http1::write_header(out, "x-forwarded-for", &v);
+            xff_done = true;
+            continue;
+        }
+        if name.eq_ignore_ascii_case("via") && !via_done {
+            let mut v = value.to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(VIA);
+            http1::write_header(out, "via", &v);
+            via_done = true;
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-request-id") {
+            rid_seen = true;
+        }
+        http1::write_header(out, name, value);
+    }
+    if head.host().is_none() && host_value.is_none() {
+        http1::write_header(out, "host", authority.as_bytes());
+    }
+    if !xff_done {
+        http1::write_header(out, "x-forwarded-for", peer.ip().to_string().as_bytes());
+    }
+    if !via_done {
+        http1::write_header(out, "via", VIA);
+    }
+    if !rid_seen {
+        http1::write_header(out, "x-request-id", request_id.as_bytes());
+    }
+    if matches!(head.body_kind(), BodyKind::Chunked) {
+        http1::write_header(out, "transfer-encoding", b"chunked");
+    }
+    http1::finish_head(out);
+}
+
+/// The response head as the client sees it.
+fn write_client_head(
+    out: &mut Vec<u8>,
+    r: &ResponseHead,
+    client_version: Version,
+    keep: bool,
+    rechunk: bool,
+    kind: BodyKind,
+) {
+    http1::write_status_line(out, r.status(), r.reason(), Version::Http11);
+    let tokens: Vec<&str> = r.connection_tokens().collect();
+    let mut via_done = false;
+    for (name, value) in r.headers() {
+        if http1::is_hop_by_hop(name) || is_connection_token(&tokens, name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("via") && !via_done {
+            let mut v = value.to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(VIA);
+            http1::write_header(out, "via", &v);
+            via_done = true;
+            continue;
+        }
+        if matches!(kind, BodyKind::Chunked) && name.eq_ignore_ascii_case("content-length") {
+            // TE wins over CL (RFC 9112 §6.3); never send both.
+            continue;
+        }
+        http1::write_header(out, name, value);
+    }
+    if !via_done {
+        http1::write_header(out, "via", VIA);
+    }
+    if matches!(kind, BodyKind::Chunked) || rechunk {
+        http1::write_header(out, "transfer-encoding", b"chunked");
+    }
+    if !keep {
+        http1::write_header(out, "connection", b"close");
+    } else if client_version == Version::Http10 {
+        http1::write_header(out, "connection", b"keep-alive");
+    }
+    http1::finish_head(out);
+}
+
+/// A complete error response with an OpenAI-shaped JSON body.
+pub fn write_error_response(out: &mut Vec<u8>, e: &ProxyError, version: Version, close: bool) {
+    let status = e.status();
+    let mut body = Vec::with_capacity(160);
+    write_openai_error(&mut body, status, e.code(), &e.to_string());
+    http1::write_status_line(
+        out,
+        status,
+        "",
+        if version == Version::Http10 {
+            Version::Http10
+        } else {
+            Version::Http11
+        },
+    );
+    http1::write_header(out, "content-type", b"application/json");
+    http1::write_header(out, "content-length", body.len().to_string().as_bytes());
+    http1::write_header(out, "x-sluice-error", e.code().as_bytes());
+    if close {
+        http1::write_header(out, "connection", b"close");
+    }
+    http1::finish_head(out);
+    out.extend_from_slice(&body);
+}

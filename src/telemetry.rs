@@ -1,0 +1,453 @@
+//! Telemetry: per-request records, batched off the hot path into Prometheus metrics and the
+//! access log.
+//!
+//! Owns: the [`RequestRecord`] a worker fills for each exchange, the worker-local
+//! [`LocalTelemetry`] buffer, and the telemetry thread that turns batches into metrics
+//! (through the `metrics` facade and `metrics-exporter-prometheus`) and JSON access-log lines.
+//!
+//! Why this shape: a worker's request path must not take a lock, format a string or touch a
+//! shared cache line per request. So a worker only pushes a fixed-size record into a `Vec` it
+//! owns (`RefCell`, no atomics). Every `telemetry.flush_interval_ms` the worker's tick hands the
+//! whole `Vec` to the telemetry thread over a bounded channel (`try_send`: one lock-free
+//! operation per batch, never blocking). If the queue is full the batch is dropped and counted
+//! in `sluice_telemetry_dropped_records_total`; a slow exporter never slows a request.
+//!
+//! Invariants:
+//! * Records hold indices into the snapshot of their `generation`, never strings, unless the
+//!   access log is on (then a boxed [`AccessFields`]).
+//! * The telemetry thread is the only writer of the Prometheus registry for request metrics.
+//! * No prompt text and no header values other than the request id reach the access log.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use crate::snapshot::Snapshot;
+
+/// Records a worker keeps before it flushes early (between ticks).
+pub const LOCAL_RECORDS_MAX: usize = 1024;
+
+/// How an exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response was forwarded completely.
+    Complete,
+    /// sluice answered itself (an error or a refusal).
+    LocalReply,
+    /// The client went away before the response was complete.
+    DownstreamAbort,
+    /// The upstream failed or cut the response short.
+    UpstreamAbort,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::LocalReply => "local_reply",
+            Outcome::DownstreamAbort => "downstream_abort",
+            Outcome::UpstreamAbort => "upstream_abort",
+        }
+    }
+}
+
+/// Index value meaning "none" in a record.
+pub const NONE_IDX: u16 = u16::MAX;
+
+/// One request/response exchange. Fixed size; filled by the worker, read by the telemetry
+/// thread.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub generation: u64,
+    pub worker: u16,
+    pub listener: u16,
+    pub route: u16,
+    pub upstream: u16,
+    pub status: u16,
+    pub outcome: Outcome,
+    /// `code()` of the error that ended the exchange, if any.
+    pub error_code: &'static str,
+    pub error_side: &'static str,
+    /// Request head received → response complete.
+    pub duration_us: u64,
+    /// Request head received → first response byte from the upstream (0 = none).
+    pub upstream_first_byte_us: u64,
+    /// Time sluice itself spent: before the request reached the upstream socket and between
+    /// the upstream's response head and the client's.
+    pub overhead_us: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub access: Option<Box<AccessFields>>,
+}
+
+/// Strings only collected when the access log is on.
+#[derive(Debug, Clone)]
+pub struct AccessFields {
+    pub method: String,
+    pub path: String,
+    pub request_id: String,
+    pub peer: String,
+    pub unix_ms: u64,
+}
+
+/// Per-worker gauges, sent as absolute values with each batch.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerGauges {
+    /// Active downstream connections by listener name.
+    pub downstream_active: Vec<(Arc<str>, u64)>,
+    /// (upstream name, idle pooled connections, active upstream connections)
+    pub upstream_pool: Vec<(Arc<str>, u64, u64)>,
+}
+
+pub enum TelemetryMsg {
+    /// A new snapshot was committed: names for records of its generation.
+    Snapshot(Arc<Snapshot>),
+    Batch {
+        worker: usize,
+        records: Vec<RequestRecord>,
+        gauges: Option<WorkerGauges>,
+    },
+    /// Flush and stop (at exit).
+    Shutdown,
+}
+
+/// What the workers share to reach the telemetry thread.
+#[derive(Clone)]
+pub struct TelemetryTx {
+    tx: SyncSender<TelemetryMsg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl TelemetryTx {
+    /// Never blocks. A full queue drops the batch and counts its records.
+    pub fn try_send(&self, msg: TelemetryMsg) {
+        match self.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(TelemetryMsg::Batch { records, .. })) => {
+                self.dropped
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Blocking send, for the control thread (snapshots must not be dropped).
+    pub fn send_blocking(&self, msg: TelemetryMsg) {
+        let _ = self.tx.send(msg);
+    }
+}
+
+/// Worker-local buffer of records. Lives in the worker's `Rc`; never shared.
+pub struct LocalTelemetry {
+    pub records: Vec<RequestRecord>,
+    pub access_log: bool,
+}
+
+impl LocalTelemetry {
+    pub fn new(access_log: bool) -> Self {
+        LocalTelemetry {
+            records: Vec::with_capacity(LOCAL_RECORDS_MAX),
+            access_log,
+        }
+    }
+
+    pub fn push(&mut self, r: RequestRecord) {
+        self.records.push(r);
+    }
+
+    pub fn take(&mut self) -> Vec<RequestRecord> {
+        std::mem::replace(&mut self.records, Vec::with_capacity(LOCAL_RECORDS_MAX))
+    }
+}
+
+/// Start the telemetry thread. Returns the sender and the thread handle.
+pub fn start(
+    queue_batches_max: usize,
+    access_log: Option<Box<dyn Write + Send>>,
+) -> (TelemetryTx, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(queue_batches_max);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let d2 = dropped.clone();
+    let h = std::thread::Builder::new()
+        .name("sluice-telemetry".into())
+        .spawn(move || run(rx, d2, access_log))
+        .expect("spawn telemetry thread");
+    (TelemetryTx { tx, dropped }, h)
+}
+
+/// Metric names (documented in docs/metrics.md).
+pub mod names {
+    pub const REQUESTS_TOTAL: &str = "sluice_requests_total";
+    pub const REQUEST_DURATION: &str = "sluice_request_duration_seconds";
+    pub const UPSTREAM_FIRST_BYTE: &str = "sluice_upstream_first_byte_seconds";
+    pub const OVERHEAD: &str = "sluice_overhead_seconds";
+    pub const ERRORS_TOTAL: &str = "sluice_errors_total";
+    pub const STREAMS_ABORTED_TOTAL: &str = "sluice_streams_aborted_total";
+    pub const BYTES_TOTAL: &str = "sluice_bytes_total";
+    pub const DOWNSTREAM_ACTIVE: &str = "sluice_downstream_connections_active";
+    pub const POOL_IDLE: &str = "sluice_upstream_pool_idle_connections";
+    pub const UPSTREAM_ACTIVE: &str = "sluice_upstream_connections_active";
+    pub const TELEMETRY_DROPPED: &str = "sluice_telemetry_dropped_records_total";
+    pub const IO_DRIVER: &str = "sluice_io_driver_info";
+    pub const WORKERS: &str = "sluice_workers";
+    pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
+    pub const CONFIG_GENERATION: &str = "sluice_config_generation";
+    pub const DRAINING: &str = "sluice_draining";
+    pub const BUILD_INFO: &str = "sluice_build_info";
+}
+
+/// Bucket bounds for latency histograms, in seconds. Fine at the low end because sluice's
+/// own overhead is measured in microseconds; long at the high end because streams last minutes.
+pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+fn run(
+    rx: Receiver<TelemetryMsg>,
+    dropped: Arc<AtomicU64>,
+    mut access_log: Option<Box<dyn Write + Send>>,
+) {
+    let mut snapshots: HashMap<u64, Arc<Snapshot>> = HashMap::new();
+    let mut gauges: HashMap<usize, WorkerGauges> = HashMap::new();
+    let mut handles = Handles::default();
+    let mut last_dropped = 0u64;
+    let mut line = Vec::with_capacity(512);
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            TelemetryMsg::Snapshot(s) => {
+                // Keep a bounded history: records of old generations may still be in flight.
+                let g = s.generation;
+                snapshots.insert(g, s);
+                snapshots.retain(|k, _| *k + 16 > g);
+                handles.forget_before(g.saturating_sub(16));
+            }
+            TelemetryMsg::Batch {
+                worker,
+                records,
+                gauges: g,
+            } => {
+                for r in &records {
+                    let Some(s) = snapshots.get(&r.generation) else {
+                        continue;
+                    };
+                    handles.apply(s, r);
+                    if let (Some(out), Some(a)) = (access_log.as_mut(), r.access.as_ref()) {
+                        line.clear();
+                        write_access_line(&mut line, s, r, a);
+                        let _ = out.write_all(&line);
+                    }
+                }
+                if let Some(out) = access_log.as_mut() {
+                    let _ = out.flush();
+                }
+                if let Some(g) = g {
+                    gauges.insert(worker, g);
+                    publish_gauges(&gauges);
+                }
+            }
+            TelemetryMsg::Shutdown => break,
+        }
+        let d = dropped.load(Ordering::Relaxed);
+        if d != last_dropped {
+            metrics::counter!(names::TELEMETRY_DROPPED).increment(d - last_dropped);
+            last_dropped = d;
+        }
+    }
+    if let Some(out) = access_log.as_mut() {
+        let _ = out.flush();
+    }
+}
+
+struct Names<'a> {
+    listener: &'a str,
+    route: &'a str,
+    upstream: &'a str,
+}
+
+fn names_for<'a>(s: &'a Snapshot, r: &RequestRecord) -> Names<'a> {
+    let l = s.listeners.get(r.listener as usize);
+    Names {
+        listener: l.map(|l| &*l.name).unwrap_or("unknown"),
+        route: match (l, r.route) {
+            (_, NONE_IDX) => "none",
+            (Some(l), i) => l
+                .routes
+                .get(i as usize)
+                .map(|x| &*x.name)
+                .unwrap_or("unknown"),
+            (None, _) => "unknown",
+        },
+        upstream: if r.upstream == NONE_IDX {
+            "none"
+        } else {
+            s.upstreams
+                .get(r.upstream as usize)
+                .map(|u| &*u.name)
+                .unwrap_or("unknown")
+        },
+    }
+}
+
+fn status_label(status: u16) -> &'static str {
+    // Static strings: no formatting per request on the telemetry thread either.
+    const S: [&str; 6] = ["0", "1xx", "2xx", "3xx", "4xx", "5xx"];
+    match status {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        408 => "408",
+        413 => "413",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s => S.get((s / 100) as usize).copied().unwrap_or("other"),
+    }
+}
+
+/// Metric handles resolved once per (generation, indices) key: the telemetry thread does a
+/// hash lookup and an atomic add per record, not a label formatting and registry lookup.
+#[derive(Default)]
+struct Handles {
+    requests: HashMap<(u64, u16, u16, u16, u16), metrics::Counter>,
+    duration: HashMap<(u64, u16, u16), metrics::Histogram>,
+    first_byte: HashMap<(u64, u16), metrics::Histogram>,
+    overhead: HashMap<(u64, u16), metrics::Histogram>,
+    bytes: HashMap<(u64, u16), (metrics::Counter, metrics::Counter)>,
+}
+
+impl Handles {
+    fn forget_before(&mut self, generation: u64) {
+        self.requests.retain(|k, _| k.0 >= generation);
+        self.duration.retain(|k, _| k.0 >= generation);
+        self.first_byte.retain(|k, _| k.0 >= generation);
+        self.overhead.retain(|k, _| k.0 >= generation);
+        self.bytes.retain(|k, _| k.0 >= generation);
+    }
+
+    fn apply(&mut self, s: &Snapshot, r: &RequestRecord) {
+        let g = r.generation;
+        let n = names_for(s, r);
+        self.requests
+            .entry((g, r.listener, r.route, r.upstream, r.status))
+            .or_insert_with(|| {
+                metrics::counter!(names::REQUESTS_TOTAL,
+                    "listener" => n.listener.to_string(),
+                    "route" => n.route.to_string(),
+                    "upstream" => n.upstream.to_string(),
+                    "status" => status_label(r.status))
+            })
+            .increment(1);
+        self.duration
+            .entry((g, r.listener, r.route))
+            .or_insert_with(|| {
+                metrics::histogram!(names::REQUEST_DURATION,
+                    "listener" => n.listener.to_string(),
+                    "route" => n.route.to_string())
+            })
+            .record(r.duration_us as f64 / 1e6);
+        if r.upstream_first_byte_us > 0 {
+            self.first_byte
+                .entry((g, r.upstream))
+                .or_insert_with(|| {
+                    metrics::histogram!(names::UPSTREAM_FIRST_BYTE, "upstream" => n.upstream.to_string())
+                })
+                .record(r.upstream_first_byte_us as f64 / 1e6);
+        }
+        if r.outcome != Outcome::LocalReply {
+            self.overhead
+                .entry((g, r.listener))
+                .or_insert_with(
+                    || metrics::histogram!(names::OVERHEAD, "listener" => n.listener.to_string()),
+                )
+                .record(r.overhead_us as f64 / 1e6);
+        }
+        let (bin, bout) = self.bytes.entry((g, r.listener)).or_insert_with(|| {
+            (
+                metrics::counter!(names::BYTES_TOTAL, "listener" => n.listener.to_string(), "direction" => "in"),
+                metrics::counter!(names::BYTES_TOTAL, "listener" => n.listener.to_string(), "direction" => "out"),
+            )
+        });
+        bin.increment(r.bytes_in);
+        bout.increment(r.bytes_out);
+        if !r.error_code.is_empty() {
+            metrics::counter!(names::ERRORS_TOTAL, "side" => r.error_side, "code" => r.error_code)
+                .increment(1);
+        }
+        match r.outcome {
+            Outcome::DownstreamAbort => {
+                metrics::counter!(names::STREAMS_ABORTED_TOTAL, "side" => "downstream").increment(1)
+            }
+            Outcome::UpstreamAbort => {
+                metrics::counter!(names::STREAMS_ABORTED_TOTAL, "side" => "upstream").increment(1)
+            }
+            _ => {}
+        }
+    }
+}
+
+fn publish_gauges(all: &HashMap<usize, WorkerGauges>) {
+    let mut down: HashMap<&str, u64> = HashMap::new();
+    let mut pool: HashMap<&str, (u64, u64)> = HashMap::new();
+    for g in all.values() {
+        for (l, n) in &g.downstream_active {
+            *down.entry(l).or_default() += n;
+        }
+        for (u, idle, active) in &g.upstream_pool {
+            let e = pool.entry(u).or_default();
+            e.0 += idle;
+            e.1 += active;
+        }
+    }
+    for (l, n) in down {
+        metrics::gauge!(names::DOWNSTREAM_ACTIVE, "listener" => l.to_string()).set(n as f64);
+    }
+    for (u, (idle, active)) in pool {
+        metrics::gauge!(names::POOL_IDLE, "upstream" => u.to_string()).set(idle as f64);
+        metrics::gauge!(names::UPSTREAM_ACTIVE, "upstream" => u.to_string()).set(active as f64);
+    }
+}
+
+fn write_access_line(out: &mut Vec<u8>, s: &Snapshot, r: &RequestRecord, a: &AccessFields) {
+    use crate::error::write_json_string as js;
+    let n = names_for(s, r);
+    out.extend_from_slice(b"{\"ts_ms\":");
+    out.extend_from_slice(a.unix_ms.to_string().as_bytes());
+    out.extend_from_slice(b",\"request_id\":");
+    js(out, &a.request_id);
+    out.extend_from_slice(b",\"peer\":");
+    js(out, &a.peer);
+    out.extend_from_slice(b",\"method\":");
+    js(out, &a.method);
+    out.extend_from_slice(b",\"path\":");
+    js(out, &a.path);
+    out.extend_from_slice(b",\"listener\":");
+    js(out, n.listener);
+    out.extend_from_slice(b",\"route\":");
+    js(out, n.route);
+    out.extend_from_slice(b",\"upstream\":");
+    js(out, n.upstream);
+    let _ = write!(
+        out,
+        ",\"status\":{},\"outcome\":\"{}\",\"duration_us\":{},\"upstream_first_byte_us\":{},\"overhead_us\":{},\"bytes_in\":{},\"bytes_out\":{}",
+        r.status,
+        r.outcome.as_str(),
+        r.duration_us,
+        r.upstream_first_byte_us,
+        r.overhead_us,
+        r.bytes_in,
+        r.bytes_out
+    );
+    if !r.error_code.is_empty() {
+        out.extend_from_slice(b",\"error\":");
+        js(out, r.error_code);
+    }
+    out.extend_from_slice(b"}\n");
+}

@@ -1,0 +1,361 @@
+//! One worker: a monoio runtime pinned to a core, its listeners, its pools, its telemetry buffer.
+//!
+//! Owns: everything per-core. A worker shares nothing mutable with other workers: its state is
+//! in `Rc`/`RefCell`/`Cell`, and the only cross-thread reads are of [`Shared`] (atomics and an
+//! `ArcSwap` of the read-only [`Snapshot`]).
+//!
+//! Reload, the commit half (the precommit half is `Snapshot::build` on the control thread):
+//! every request asks [`Worker::snapshot`] for the current snapshot; one relaxed atomic load
+//! tells whether the generation moved, and only then is the `ArcSwap` read. An exchange keeps
+//! the `Rc` it started with, so in-flight requests and streams finish on the configuration they
+//! began with, while the next request on the same connection uses the new one. The worker's
+//! tick reconciles listeners (binds new ones, closes removed ones) and evicts pools of changed
+//! upstreams.
+//!
+//! Drain: when [`Shared::draining`] is set the tick closes the listeners (new connections are
+//! refused by the kernel), fires the drain event (idle keep-alive connections close; busy ones
+//! close after their current exchange), and the worker exits when no connection is left or
+//! the drain timeout passes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use monoio::net::{ListenerOpts, TcpListener};
+
+use crate::proxy::upstream::Pools;
+use crate::snapshot::Snapshot;
+use crate::telemetry::{LocalTelemetry, TelemetryMsg, TelemetryTx, WorkerGauges};
+
+/// How often a worker checks for drain, reloads and telemetry flushes.
+pub const TICK_INTERVAL_MS: u64 = 50;
+/// Listen backlog of each worker's listener socket.
+pub const LISTEN_BACKLOG: i32 = 1024;
+/// Pause after an accept error such as EMFILE before accepting again.
+pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+/// How often idle pooled connections are checked for expiry.
+pub const POOL_EVICT_INTERVAL_MS: u64 = 1_000;
+
+/// Process-wide state that workers read. Written by the control thread.
+pub struct Shared {
+    pub current: ArcSwap<Snapshot>,
+    pub generation: AtomicU64,
+    pub draining: AtomicBool,
+    /// Workers that have bound all their listeners.
+    pub workers_ready: AtomicUsize,
+    pub workers: usize,
+    pub telemetry: TelemetryTx,
+    pub uring: bool,
+}
+
+impl Shared {
+    pub fn is_ready(&self) -> bool {
+        self.workers_ready.load(Ordering::Acquire) >= self.workers
+            && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// A one-shot, single-threaded event: `fire` wakes every waiter, now and later.
+#[derive(Default)]
+pub struct LocalEvent {
+    fired: Cell<bool>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl LocalEvent {
+    pub fn fire(&self) {
+        self.fired.set(true);
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    pub fn is_fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    pub fn wait(&self) -> EventWait<'_> {
+        EventWait { ev: self }
+    }
+}
+
+pub struct EventWait<'a> {
+    ev: &'a LocalEvent,
+}
+
+impl Future for EventWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ev.fired.get() {
+            return Poll::Ready(());
+        }
+        let mut ws = self.ev.wakers.borrow_mut();
+        if !ws.iter().any(|w| w.will_wake(cx.waker())) {
+            ws.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+struct ListenerTask {
+    addr: SocketAddr,
+    stop: Rc<LocalEvent>,
+}
+
+pub struct Worker {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    snap: RefCell<Rc<Arc<Snapshot>>>,
+    snap_generation: Cell<u64>,
+    pub pools: RefCell<Pools>,
+    pub telemetry: RefCell<LocalTelemetry>,
+    /// Fired once when draining starts: idle keep-alive connections close.
+    pub drain: LocalEvent,
+    /// Active downstream connections per listener name.
+    active: RefCell<HashMap<Arc<str>, u64>>,
+    listeners: RefCell<HashMap<Arc<str>, ListenerTask>>,
+}
+
+/// Decrements the active-connection count of its listener when a connection ends.
+pub struct ConnGuard {
+    worker: Rc<Worker>,
+    listener: Arc<str>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if let Some(n) = self.worker.active.borrow_mut().get_mut(&self.listener) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl Worker {
+    /// The current snapshot. One relaxed load per call unless a reload happened.
+    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
+        let g = self.shared.generation.load(Ordering::Acquire);
+        if g != self.snap_generation.get() {
+            let s = self.shared.current.load_full();
+            self.snap_generation.set(s.generation);
+            *self.snap.borrow_mut() = Rc::new(s);
+        }
+        self.snap.borrow().clone()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_fired()
+    }
+
+    fn conn_started(self: &Rc<Self>, listener: &Arc<str>) -> ConnGuard {
+        *self
+            .active
+            .borrow_mut()
+            .entry(listener.clone())
+            .or_default() += 1;
+        ConnGuard {
+            worker: self.clone(),
+            listener: listener.clone(),
+        }
+    }
+
+    fn active_total(&self) -> u64 {
+        self.active.borrow().values().sum()
+    }
+
+    /// Hand the buffered records (and, on ticks, the gauges) to the telemetry thread.
+    pub fn flush_telemetry(&self, with_gauges: bool) {
+        let records = {
+            let mut t = self.telemetry.borrow_mut();
+            if t.records.is_empty() && !with_gauges {
+                return;
+            }
+            t.take()
+        };
+        let gauges = with_gauges.then(|| WorkerGauges {
+            downstream_active: self
+                .active
+                .borrow()
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            upstream_pool: self.pools.borrow().gauges(),
+        });
+        self.shared.telemetry.try_send(TelemetryMsg::Batch {
+            worker: self.id,
+            records,
+            gauges,
+        });
+    }
+
+    /// Bind listeners present in the snapshot and not yet running; stop those gone or moved.
+    fn reconcile_listeners(self: &Rc<Self>, snap: &Snapshot) -> std::io::Result<()> {
+        let mut running = self.listeners.borrow_mut();
+        running.retain(|name, t| {
+            let keep = snap
+                .listeners
+                .iter()
+                .any(|l| &l.name == name && l.addr == t.addr);
+            if !keep {
+                t.stop.fire();
+            }
+            keep
+        });
+        for l in &snap.listeners {
+            if running.contains_key(&l.name) {
+                continue;
+            }
+            let opts = ListenerOpts::new()
+                .reuse_port(true)
+                .reuse_addr(true)
+                .backlog(LISTEN_BACKLOG);
+            let listener = TcpListener::bind_with_config(l.addr, &opts)?;
+            let stop = Rc::new(LocalEvent::default());
+            running.insert(
+                l.name.clone(),
+                ListenerTask {
+                    addr: l.addr,
+                    stop: stop.clone(),
+                },
+            );
+            monoio::spawn(accept_loop(self.clone(), l.name.clone(), listener, stop));
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(w: Rc<Worker>, name: Arc<str>, listener: TcpListener, stop: Rc<LocalEvent>) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = stop.wait() => None,
+        };
+        match accepted {
+            None => break,
+            Some(Ok((stream, peer))) => {
+                let _ = stream.set_nodelay(true);
+                let guard = w.conn_started(&name);
+                monoio::spawn(crate::proxy::exchange::serve_connection(
+                    w.clone(),
+                    name.clone(),
+                    stream,
+                    peer,
+                    guard,
+                ));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
+            }
+        }
+    }
+    tracing::debug!(listener = %name, worker = w.id, "listener closed");
+}
+
+/// Run one worker until it has drained. `ready` reports the bind result once.
+pub fn run_worker(
+    id: usize,
+    core: Option<usize>,
+    shared: Arc<Shared>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    if let Some(core) = core {
+        if let Err(e) = monoio::utils::bind_to_cpu_set([core]) {
+            tracing::warn!(worker = id, core, error = ?e, "could not pin worker to core");
+        }
+    }
+    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(format!("worker {id}: cannot build runtime: {e}")));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let snap = shared.current.load_full();
+        let access_log = snap.config.access_log.enabled;
+        let w = Rc::new(Worker {
+            id,
+            shared: shared.clone(),
+            snap_generation: Cell::new(snap.generation),
+            snap: RefCell::new(Rc::new(snap.clone())),
+            pools: RefCell::new(Pools::default()),
+            telemetry: RefCell::new(LocalTelemetry::new(access_log)),
+            drain: LocalEvent::default(),
+            active: RefCell::new(HashMap::new()),
+            listeners: RefCell::new(HashMap::new()),
+        });
+        if let Err(e) = w.reconcile_listeners(&snap) {
+            let _ = ready.send(Err(format!("worker {id}: cannot bind listener: {e}")));
+            return;
+        }
+        shared.workers_ready.fetch_add(1, Ordering::AcqRel);
+        let _ = ready.send(Ok(()));
+        drop(snap);
+        tick_loop(w).await;
+    });
+}
+
+async fn tick_loop(w: Rc<Worker>) {
+    let mut last_flush = Instant::now();
+    let mut last_evict = Instant::now();
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        monoio::time::sleep(Duration::from_millis(TICK_INTERVAL_MS)).await;
+        let snap = w.snapshot();
+        if w.shared.draining.load(Ordering::Acquire) && drain_deadline.is_none() {
+            let timeout = Duration::from_millis(snap.config.drain_timeout_ms);
+            drain_deadline = Some(Instant::now() + timeout);
+            for (_, t) in w.listeners.borrow_mut().drain() {
+                t.stop.fire();
+            }
+            w.drain.fire();
+            w.pools.borrow_mut().clear_idle();
+            tracing::info!(worker = w.id, active = w.active_total(), "draining");
+        }
+        if drain_deadline.is_none() {
+            if let Err(e) = w.reconcile_listeners(&snap) {
+                tracing::error!(worker = w.id, error = %e, "cannot bind a new listener");
+            }
+        }
+        let flush_every = Duration::from_millis(snap.config.telemetry.flush_interval_ms);
+        {
+            let mut t = w.telemetry.borrow_mut();
+            t.access_log = snap.config.access_log.enabled;
+        }
+        if last_flush.elapsed() >= flush_every
+            || w.telemetry.borrow().records.len() >= crate::telemetry::LOCAL_RECORDS_MAX
+        {
+            last_flush = Instant::now();
+            w.flush_telemetry(true);
+        }
+        if last_evict.elapsed() >= Duration::from_millis(POOL_EVICT_INTERVAL_MS) {
+            last_evict = Instant::now();
+            w.pools.borrow_mut().evict(&snap.upstreams);
+        }
+        if let Some(deadline) = drain_deadline {
+            let active = w.active_total();
+            if active == 0 || Instant::now() >= deadline {
+                if active > 0 {
+                    tracing::warn!(
+                        worker = w.id,
+                        active,
+                        "drain timeout: closing remaining connections"
+                    );
+                }
+                w.flush_telemetry(true);
+                break;
+            }
+        }
+    }
+}
