@@ -228,11 +228,15 @@ mod tests {
             let mut d = ChunkedDecoder::new();
             let mut out = Vec::new();
             let a = d.feed(&body[..split], Some(&mut out)).unwrap();
-            assert_eq!(a, split);
-            let b = d.feed(&body[split..], Some(&mut out)).unwrap();
+            let consumed = if d.is_done() {
+                a
+            } else {
+                assert_eq!(a, split);
+                split + d.feed(&body[split..], Some(&mut out)).unwrap()
+            };
             assert!(d.is_done());
             assert_eq!(out, b"hello world");
-            assert_eq!(&body[split + b..], b"NEXT");
+            assert_eq!(&body[consumed..], b"NEXT");
         }
     }
 
