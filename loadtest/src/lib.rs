@@ -8,3 +8,6 @@
 
 pub mod http1;
 pub mod mock;
+pub mod run;
+pub mod scenario;
+pub mod sys;
