@@ -1,0 +1,202 @@
+//! `sluice-loadtest mock`: a thread-per-core mock model server (monoio, hand-written HTTP/1.1 on
+//! `httparse`, optional rustls 0.23 with the `ring` provider).
+//!
+//! Owns: listener set-up, worker threads, the TLS acceptor and the shared request recorder.
+//! Invariants: one `std` listener is bound once (no `SO_REUSEPORT`, so a busy port fails loudly
+//! instead of silently splitting traffic with another process) and cloned into every worker;
+//! `mock listening on ADDR` is printed only after every worker can accept. Trade-off: the
+//! recorder is a global `Mutex` (touched only with `--record N > 0`), everything else is
+//! per-core and lock-free.
+
+pub mod dialect;
+pub mod server;
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+use thiserror::Error;
+
+/// Mock start-up errors.
+#[derive(Debug, Error)]
+pub enum MockError {
+    #[error("cannot bind {addr}: {source} (is another process on that port?)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot start worker runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("--tls-cert and --tls-key must be given together")]
+    TlsPair,
+}
+
+/// Mock server configuration (CLI flags).
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub ttft_ms: u64,
+    pub itl_ms: u64,
+    pub tokens: u32,
+    pub response_bytes: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub record: usize,
+}
+
+/// One recorded request, as served by `GET /__mock/requests`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    /// Lower-cased names; repeated headers are joined with `, `.
+    pub headers: serde_json::Map<String, serde_json::Value>,
+    /// The decoded body, lossily converted to UTF-8.
+    pub body: String,
+}
+
+/// Bounded ring of the last N requests, shared by all workers.
+#[derive(Debug)]
+pub struct Recorder {
+    cap: usize,
+    items: Mutex<VecDeque<RecordedRequest>>,
+}
+
+impl Recorder {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            items: Mutex::new(VecDeque::with_capacity(cap.min(1024))),
+        }
+    }
+    pub fn push(&self, r: RecordedRequest) {
+        if self.cap == 0 {
+            return;
+        }
+        let mut g = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        while g.len() >= self.cap {
+            g.pop_front();
+        }
+        g.push_back(r);
+    }
+    pub fn snapshot_json(&self) -> Vec<u8> {
+        let g = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::to_vec(&*g).unwrap_or_else(|_| b"[]".to_vec())
+    }
+    pub fn clear(&self) {
+        self.items.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+    pub fn enabled(&self) -> bool {
+        self.cap > 0
+    }
+}
+
+/// State shared (read-only apart from the recorder) by all workers.
+pub struct Shared {
+    pub cfg: MockConfig,
+    pub recorder: Recorder,
+    pub tls: Option<monoio_rustls::TlsAcceptor>,
+}
+
+fn load_tls(cert: &PathBuf, key: &PathBuf) -> Result<monoio_rustls::TlsAcceptor, MockError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| MockError::Tls(format!("{}: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| MockError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(MockError::Tls(format!(
+            "{}: no certificates found",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| MockError::Tls(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut sc = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| MockError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| MockError::Tls(e.to_string()))?;
+    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(monoio_rustls::TlsAcceptor::from(Arc::new(sc)))
+}
+
+/// A running mock: its bound address and worker threads.
+pub struct MockHandle {
+    pub addr: SocketAddr,
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Binds, starts the workers and returns once all of them accept.
+pub fn start(cfg: MockConfig) -> Result<MockHandle, MockError> {
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => Some(load_tls(c, k)?),
+        (None, None) => None,
+        _ => return Err(MockError::TlsPair),
+    };
+    let listener = TcpListener::bind(cfg.listen).map_err(|source| MockError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| MockError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let shared = Arc::new(Shared {
+        recorder: Recorder::new(cfg.record),
+        tls,
+        cfg: cfg.clone(),
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(), MockError>>();
+    let mut threads = Vec::new();
+    for id in 0..cfg.workers.max(1) {
+        let l = listener.try_clone().map_err(|source| MockError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let shared = shared.clone();
+        let tx = tx.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("mock-{id}"))
+                .spawn(move || server::worker(id, l, shared, tx))
+                .map_err(MockError::Runtime)?,
+        );
+    }
+    drop(tx);
+    drop(listener);
+    for _ in 0..cfg.workers.max(1) {
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(MockError::Runtime(std::io::Error::other(
+                    "worker exited during start-up",
+                )))
+            }
+        }
+    }
+    Ok(MockHandle { addr, threads })
+}
+
+/// Runs the mock until the process is killed.
+pub fn run(cfg: MockConfig) -> Result<(), MockError> {
+    let h = start(cfg)?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "mock listening on {}", h.addr);
+    let _ = out.flush();
+    drop(out);
+    for t in h.threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
