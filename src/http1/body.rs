@@ -33,7 +33,7 @@
 //! parse it differently. The cost is that extensions/trailers are not filtered; a filter that
 //! needs that re-frames with [`super::write_chunk`].
 
-use super::{BodyKind, CodecError};
+use super::{is_tchar, is_text, BodyKind, CodecError};
 
 /// Maximum bytes of chunk extensions (everything between the size digits and the CRLF,
 /// including BWS and `;`) on one chunk-size line.
@@ -115,32 +115,6 @@ fn hex_val(b: u8) -> Option<u64> {
         b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
         _ => None,
     }
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
-}
-
-/// HTAB / SP / VCHAR / obs-text: what may appear in a field value or chunk extension.
-fn is_text(b: u8) -> bool {
-    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
 }
 
 fn bad(msg: &'static str) -> CodecError {

@@ -31,7 +31,7 @@
 //!   **merged** (RFC 9110 §8.6 allows either); differing values are rejected. The proxy should
 //!   regenerate `Content-Length` from [`RequestHead::body_kind`] rather than copy the lines.
 
-use super::{BodyKind, CodecError, HeadLimits, Method, Version};
+use super::{is_tchar, BodyKind, CodecError, HeadLimits, Method, Version};
 use httparse::{Header, ParserConfig, Status};
 use std::mem::MaybeUninit;
 
@@ -304,9 +304,16 @@ fn classify_header_error(head: &[u8], e: CodecError) -> CodecError {
             Some(_) => {}
             None => break,
         }
-        let name_end = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+        let Some(name_end) = line.iter().position(|&b| b == b':') else {
+            return e;
+        };
         let name = line.get(..name_end).unwrap_or(&[]);
-        if matches!(name.last(), Some(b' ' | b'\t')) {
+        let trimmed = trim_ows(name);
+        if trimmed.is_empty() || !trimmed.iter().all(|&b| is_tchar(b)) {
+            // The offending line is a plain invalid name: keep the generic error.
+            return e;
+        }
+        if trimmed.len() != name.len() {
             return CodecError::Smuggling("whitespace between header name and colon");
         }
     }

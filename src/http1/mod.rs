@@ -199,3 +199,14 @@ pub enum BodyKind {
     /// Responses only: the body ends when the server closes the connection.
     CloseDelimited,
 }
+
+/// `tchar` (RFC 9110 §5.6.2): the bytes of a token (method, header name, transfer-coding).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// HTAB / SP / VCHAR / obs-text: what may appear in a field value or a chunk extension
+/// (RFC 9110 §5.5). Excludes CR, LF, NUL, other controls and DEL.
+fn is_text(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
+}

@@ -1177,3 +1177,16 @@ fn regression_error_after_partial_progress_is_split_invariant() {
     let (_, _, _, err) = body_all_splits(BodyKind::Chunked, b"5\x00\nhello\r\n0\r\n\r\n");
     assert!(matches!(err, Some(CodecError::BadChunk(_))));
 }
+
+#[test]
+fn header_error_refinement_reports_the_first_offending_line() {
+    // The first bad line is an invalid name, not the later obs-fold.
+    assert_eq!(
+        req_err(b"GET / HTTP/1.1\r\nHost: h\r\nX(A): v\r\n folded\r\n\r\n"),
+        CodecError::Malformed("invalid header name")
+    );
+    assert_eq!(
+        req_err(b"GET / HTTP/1.1\r\nHost: h\r\nX-A : v\r\n folded\r\n\r\n"),
+        CodecError::Smuggling("whitespace between header name and colon")
+    );
+}

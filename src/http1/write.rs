@@ -19,28 +19,7 @@
 //! head) are already valid, so the pass is a predictable branch-free scan and the copy is a
 //! single `extend_from_slice` when nothing needs replacing.
 
-use super::Version;
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
-}
+use super::{is_tchar, is_text, Version};
 
 /// A non-empty token (RFC 9110 §5.1).
 pub fn is_valid_header_name(name: &str) -> bool {
@@ -49,9 +28,7 @@ pub fn is_valid_header_name(name: &str) -> bool {
 
 /// No CR, LF, NUL or other control bytes except HTAB (RFC 9110 §5.5).
 pub fn is_valid_header_value(value: &[u8]) -> bool {
-    value
-        .iter()
-        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
+    value.iter().all(|&b| is_text(b))
 }
 
 /// Append a token, replacing non-token bytes with `_` (empty becomes `_`).
@@ -70,13 +47,7 @@ fn put_text(out: &mut Vec<u8>, v: &[u8]) {
     if is_valid_header_value(v) {
         out.extend_from_slice(v);
     } else {
-        out.extend(v.iter().map(|&b| {
-            if b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80 {
-                b
-            } else {
-                b' '
-            }
-        }));
+        out.extend(v.iter().map(|&b| if is_text(b) { b } else { b' ' }));
     }
 }
 
