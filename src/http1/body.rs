@@ -197,7 +197,7 @@ impl BodyDecoder {
                         on_data(data);
                     }
                 }
-                let remaining = remaining - n as u64;
+                let remaining = remaining.saturating_sub(n as u64);
                 self.state = if remaining == 0 {
                     State::Done
                 } else {
@@ -237,7 +237,7 @@ fn chunked(
     loop {
         // Bulk path: chunk data.
         if let Chunk::Data { remaining } = st {
-            let avail = input.len() - pos;
+            let avail = input.len().saturating_sub(pos);
             let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(avail);
             if n > 0 {
                 if let Some(data) = input.get(pos..pos + n) {
@@ -245,7 +245,7 @@ fn chunked(
                 }
                 pos += n;
             }
-            let remaining = remaining - n as u64;
+            let remaining = remaining.saturating_sub(n as u64);
             st = if remaining == 0 {
                 Chunk::DataCr
             } else {

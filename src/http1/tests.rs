@@ -889,9 +889,10 @@ fn writers() {
     write_status_line(&mut out, 429, "Slow Down", Version::Http10);
     write_status_line(&mut out, 599, "", Version::Http11);
     write_status_line(&mut out, 200, "O\r\nK", Version::Http11);
+    write_status_line(&mut out, 42, "Weird", Version::Http11);
     assert_eq!(
         out,
-        b"HTTP/1.1 200 OK\r\nHTTP/1.0 429 Slow Down\r\nHTTP/1.1 599 \r\nHTTP/1.1 200 O  K\r\n"
+        b"HTTP/1.1 200 OK\r\nHTTP/1.0 429 Slow Down\r\nHTTP/1.1 599 \r\nHTTP/1.1 200 O  K\r\nHTTP/1.1 500 Internal Server Error\r\n"
     );
 
     let mut out = Vec::new();

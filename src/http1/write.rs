@@ -79,9 +79,14 @@ pub fn write_request_line(out: &mut Vec<u8>, method: &str, target: &str, version
 }
 
 /// `{version} {status:03} {reason}\r\n`; an empty reason is replaced by [`canonical_reason`].
-/// Status codes outside 100..=999 are clamped into range (a status line always has 3 digits).
+/// A status code outside 100..=999 (a caller bug: a status line always has 3 digits) is
+/// written as 500 rather than clamped, since clamping low values would produce a 1xx.
 pub fn write_status_line(out: &mut Vec<u8>, status: u16, reason: &str, version: Version) {
-    let status = status.clamp(100, 999);
+    let (status, reason) = if (100..=999).contains(&status) {
+        (status, reason)
+    } else {
+        (500, "")
+    };
     out.extend_from_slice(version.as_str().as_bytes());
     out.push(b' ');
     let digits = [
