@@ -56,6 +56,12 @@ pub const UPSTREAM_READ_BYTES: usize = 8 * 1024;
 pub const READ_BUFFER_KEEP_BYTES_MAX: usize = 64 * 1024;
 /// Body bytes that are copied behind a head into one write instead of a second write.
 pub const COALESCE_BYTES_MAX: usize = 16 * 1024;
+/// After answering an error and deciding to close, keep reading (and discarding) what the
+/// client still sends for at most this long, so the close does not turn into a reset that
+/// destroys our error response in the client's receive buffer (nginx's "lingering close").
+pub const LINGER_CLOSE_MS: u64 = 500;
+/// ... and at most this many bytes.
+pub const LINGER_CLOSE_BYTES_MAX: usize = 256 * 1024;
 /// `Via` value added to forwarded requests and responses (RFC 9110 §7.6.3).
 pub const VIA: &[u8] = b"1.1 sluice";
 
@@ -80,13 +86,16 @@ pub async fn serve_connection(
             Ok(None) => return,
             Err(e) => {
                 let status = e.status();
+                log_error(&e, &listener, peer);
+                record_local(&w, &snap, lidx as u16, status, &e, Instant::now());
                 if status != 499 {
                     wbuf.clear();
                     write_error_response(&mut wbuf, &e, Version::Http11, true);
-                    let _ = client.write_all(wbuf).await;
+                    let (res, _) = client.write_all(wbuf).await;
+                    if res.is_ok() {
+                        linger_close(&mut client, rbuf).await;
+                    }
                 }
-                log_error(&e, &listener, peer);
-                record_local(&w, &snap, lidx as u16, status, &e, Instant::now());
                 return;
             }
         };
@@ -100,9 +109,12 @@ pub async fn serve_connection(
             peer,
             started: Instant::now(),
         };
-        let keep;
-        (keep, rbuf, wbuf) = ex.run(&mut client, parsed, rbuf, wbuf).await;
+        let (keep, local_reply);
+        (keep, local_reply, rbuf, wbuf) = ex.run(&mut client, parsed, rbuf, wbuf).await;
         if !keep || w.is_draining() {
+            if local_reply {
+                linger_close(&mut client, rbuf).await;
+            }
             return;
         }
         if rbuf.capacity() > READ_BUFFER_KEEP_BYTES_MAX && rbuf.len() < CLIENT_READ_BYTES_INITIAL {
@@ -187,14 +199,14 @@ struct Done {
 
 impl<'a> Exchange<'a> {
     /// Run one exchange. Returns whether the client connection may carry another request,
-    /// and the buffers for reuse.
+    /// whether sluice answered itself (so unread request bytes may follow), and the buffers.
     async fn run(
         &self,
         client: &mut Io,
         head: RequestHead,
         rbuf: Vec<u8>,
         wbuf: Vec<u8>,
-    ) -> (bool, Vec<u8>, Vec<u8>) {
+    ) -> (bool, bool, Vec<u8>, Vec<u8>) {
         let route = self.route(&head);
         let request_id = request_id(&head);
         let access = self.w.telemetry.borrow().access_log.then(|| {
@@ -240,7 +252,7 @@ impl<'a> Exchange<'a> {
                     },
                     access,
                 );
-                return (keep && res.is_ok(), rbuf, wbuf);
+                return (keep && res.is_ok(), true, rbuf, wbuf);
             }
         };
         let up = &self.snap.upstreams[route.upstream];
@@ -248,8 +260,9 @@ impl<'a> Exchange<'a> {
             .proxy(client, &head, route, up, &request_id, rbuf, wbuf)
             .await;
         let keep = done.keep_client;
+        let local = done.outcome == Outcome::LocalReply;
         self.record(ridx as u16, route.upstream as u16, done, access);
-        (keep, rbuf, wbuf)
+        (keep, local, rbuf, wbuf)
     }
 
     fn route(&self, head: &RequestHead) -> Option<(usize, &'a RouteRt)> {
@@ -445,7 +458,7 @@ impl<'a> Exchange<'a> {
         let kind = rhead.body_kind(head.method());
         let rechunk = matches!(kind, BodyKind::CloseDelimited) && head.version() == Version::Http11;
         let keep_client = client_keep
-            && !(matches!(kind, BodyKind::CloseDelimited) && !rechunk)
+            && (!matches!(kind, BodyKind::CloseDelimited) || rechunk)
             && !self.w.is_draining();
         let upstream_reusable =
             rhead.keep_alive() && !rhead.must_close() && !matches!(kind, BodyKind::CloseDelimited);
@@ -934,6 +947,23 @@ impl<'a> Exchange<'a> {
         };
         if full {
             self.w.flush_telemetry(false);
+        }
+    }
+}
+
+/// Half-close, then read and discard what the client still sends, bounded in time and bytes.
+async fn linger_close(client: &mut Io, mut buf: Vec<u8>) {
+    client.shutdown().await;
+    let deadline = monoio::time::Instant::now() + Duration::from_millis(LINGER_CLOSE_MS);
+    let mut total = 0usize;
+    while total < LINGER_CLOSE_BYTES_MAX {
+        buf.clear();
+        match monoio::time::timeout_at(deadline, client.read_append(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => {
+                total += n;
+                buf = b;
+            }
+            _ => return,
         }
     }
 }
