@@ -364,12 +364,12 @@ impl UsageAccumulator {
     /// Output estimate from kept content JSON (BPE), else one token per content event.
     fn estimate_output(&self, model: Option<&str>) -> Option<u64> {
         let st = &self.state;
-        if st.content_events == 0 {
-            return None;
-        }
         let enc = estimate::encoding_for_model(model);
         if !st.body_text.is_empty() {
             return Some(estimate::count_tokens(enc, &st.body_text));
+        }
+        if st.content_events == 0 {
+            return None;
         }
         if st.kept_events == 0 {
             return Some(st.content_events);
@@ -519,7 +519,8 @@ impl State {
             event
         };
         match ty {
-            b"content_block_delta" => Some(true),
+            // The signature of a thinking block is not output the user sees.
+            b"content_block_delta" => Some(memmem::find(data, b"\"signature_delta\"").is_none()),
             b"message_start" => {
                 self.model_parsed = true;
                 let got = self.parse(data, |seen, v| {
@@ -647,11 +648,9 @@ impl State {
         });
         match ok {
             None => self.malformed = self.malformed.saturating_add(1),
-            Some(true) => self.seen.done = true,
-            Some(false) => {
-                if !text.is_empty() {
-                    // The body's text stands for one content event in estimation.
-                    self.content_events = 1;
+            Some(got) => {
+                self.seen.done = true;
+                if !got {
                     self.body_text = text;
                 }
             }
