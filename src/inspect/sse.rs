@@ -204,9 +204,9 @@ impl SseSplitter {
     /// End of stream. Returns `true` when an unterminated event (a `data` line or a partial
     /// line) was pending: per spec it is not dispatched. The splitter is reset afterwards.
     pub fn finish(&mut self) -> bool {
-        let truncated = (self.line_open && !self.oversized && !self.line.is_empty())
+        let truncated = self.oversized
             || self.data_loc != Loc::None
-            || self.oversized
+            || (self.line_open && !self.line.is_empty())
             || matches!(self.bom_matched, Some(m) if m > 0);
         let oversized = self.oversized_events;
         self.reset();

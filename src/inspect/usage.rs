@@ -1003,3 +1003,118 @@ fn string_after<'a>(finder: &memmem::Finder<'static>, data: &'a [u8]) -> Option<
     let end = memchr::memchr2(b'"', b'\\', rest)?;
     (rest[end] == b'"').then(|| &rest[..end])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::request::{inspect_request_with, RequestOptions};
+
+    fn feed(d: Dialect, streaming: bool, body: &[u8]) -> (UsageAccumulator, ChunkSignal) {
+        let mut acc = UsageAccumulator::new(d, streaming);
+        let sig = acc.on_body_bytes(body);
+        (acc, sig)
+    }
+
+    #[test]
+    fn byte_level_content_detection() {
+        assert!(openai_content_bytes(
+            br#"{"choices":[{"delta":{"content":"x"}}]}"#
+        ));
+        assert!(openai_content_bytes(
+            br#"{"choices":[{"delta":{"content" : "x"}}]}"#
+        ));
+        assert!(!openai_content_bytes(
+            br#"{"choices":[{"delta":{"content":""}}]}"#
+        ));
+        assert!(!openai_content_bytes(
+            br#"{"choices":[{"delta":{"content":null}}]}"#
+        ));
+        assert!(!openai_content_bytes(
+            br#"{"choices":[{"delta":{}}],"x":"\"content\""}"#
+        ));
+        assert!(openai_content_bytes(
+            br#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#
+        ));
+        assert!(openai_content_bytes(br#"{"choices":[{"text":" hi"}]}"#));
+    }
+
+    #[test]
+    fn signals_per_call_and_done() {
+        let (mut acc, sig) = feed(
+            Dialect::OpenAiChat,
+            true,
+            b"data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n\
+              data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+        );
+        assert_eq!((sig.events, sig.content_events, sig.done), (2, 1, false));
+        let sig = acc.on_body_bytes(b"data: [DONE]\n\n");
+        assert_eq!((sig.events, sig.content_events, sig.done), (1, 0, true));
+        let r = acc.finish(false);
+        assert!(r.done);
+        assert_eq!(r.usage.as_ref().map(|u| u.estimated), Some(true));
+    }
+
+    #[test]
+    fn vllm_continuous_usage_last_wins() {
+        let (mut acc, sig) = feed(
+            Dialect::OpenAiChat,
+            true,
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n\
+              data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n",
+        );
+        assert_eq!((sig.content_events, sig.usage_events), (2, 2));
+        let u = acc.finish(false).usage.expect("usage");
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.total_tokens, u.estimated),
+            (3, 2, 5, false)
+        );
+    }
+
+    #[test]
+    fn request_prompt_estimates_input() {
+        let facts = inspect_request_with(
+            Dialect::OpenAiChat,
+            br#"{"model":"gpt-4","messages":[{"role":"user","content":"hello world"}]}"#,
+            &RequestOptions {
+                path: "",
+                prompt_text_bytes_max: 1024,
+            },
+        )
+        .expect("facts");
+        let mut acc = UsageAccumulator::new(Dialect::OpenAiChat, true).with_request(&facts);
+        acc.on_body_bytes(b"data: {\"choices\":[{\"delta\":{\"content\":\"hello world\"}}]}\n\n");
+        let r = acc.finish(true);
+        let u = r.usage.expect("usage");
+        assert_eq!((u.input_tokens, u.output_tokens, u.estimated), (2, 2, true));
+        assert!(r.aborted);
+        // Without kept content: one token per content event.
+        let mut acc = UsageAccumulator::new(Dialect::OpenAiChat, true);
+        acc.set_keep_content(false);
+        acc.on_body_bytes(b"data: {\"choices\":[{\"delta\":{\"content\":\"hello world\"}}]}\n\n");
+        assert_eq!(acc.finish(true).usage.map(|u| u.output_tokens), Some(1));
+    }
+
+    #[test]
+    fn oversized_body_is_uninspected_and_empty_is_nothing() {
+        let mut acc = UsageAccumulator::new(Dialect::OpenAiChat, false);
+        let big = vec![b' '; USAGE_BODY_BYTES_MAX / 2 + 1];
+        acc.on_body_bytes(&big);
+        acc.on_body_bytes(&big);
+        let r = acc.finish(false);
+        assert!(r.uninspected && r.usage.is_none());
+        let mut acc = UsageAccumulator::new(Dialect::Anthropic, false);
+        let r = acc.finish(false);
+        assert_eq!(r, UsageReport::default());
+        let mut acc = UsageAccumulator::new(Dialect::Anthropic, false);
+        acc.on_body_bytes(b"<html>502 Bad Gateway</html>");
+        assert_eq!(acc.finish(false).malformed_events, 1);
+    }
+
+    #[test]
+    fn tgi_body_without_details_estimates_from_text() {
+        let mut acc = UsageAccumulator::new(Dialect::Tgi, false);
+        acc.on_body_bytes(br#"[{"generated_text":"hello world"}]"#);
+        let u = acc.finish(false).usage.expect("usage");
+        assert_eq!((u.output_tokens, u.estimated), (2, true));
+    }
+}
