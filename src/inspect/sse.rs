@@ -230,21 +230,22 @@ impl SseSplitter {
             let end_off = base + i as u64 + 1;
             if self.line_open {
                 self.line_open = false;
+                // Check first: the carry must never grow past the limit, even transiently.
+                self.check_limit(end_off);
                 if !self.oversized {
                     self.line.extend_from_slice(&chunk[line_start..i]);
                     let line = std::mem::take(&mut self.line);
                     self.owned_line(&line);
                     self.line = line;
-                    self.line.clear();
                 }
-                self.check_limit(end_off);
+                self.line.clear();
             } else if line_start == i {
                 self.dispatch(chunk, end_off, on_event);
             } else {
+                self.check_limit(end_off);
                 if !self.oversized {
                     self.chunk_line(chunk, line_start, i);
                 }
-                self.check_limit(end_off);
             }
             pos = i + 1;
             if is_cr {
