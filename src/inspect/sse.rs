@@ -515,6 +515,32 @@ mod tests {
     }
 
     #[test]
+    fn carry_buffers_are_reused_in_steady_state() {
+        let event =
+            b"event: delta\ndata: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\ndata: x\n\n";
+        let stream: Vec<u8> = event
+            .iter()
+            .copied()
+            .cycle()
+            .take(event.len() * 50)
+            .collect();
+        let mut s = SseSplitter::new();
+        let mut n = 0;
+        for c in stream.chunks(7) {
+            s.feed(c, |_| n += 1);
+        }
+        let caps = (s.line.capacity(), s.data.capacity(), s.event.capacity());
+        for c in stream.chunks(7) {
+            s.feed(c, |_| n += 1);
+        }
+        assert_eq!(n, 100);
+        assert_eq!(
+            caps,
+            (s.line.capacity(), s.data.capacity(), s.event.capacity())
+        );
+    }
+
+    #[test]
     fn zero_copy_when_event_fits_in_chunk() {
         let chunk = b"data: {\"a\":1}\n\n";
         let mut s = SseSplitter::new();
