@@ -5,6 +5,7 @@
 //!   Goal: ≥ 2 GB/s per core.
 //! * `usage/*`: full usage extraction (splitting + prefilter + the few JSON parses) per event;
 //!   throughput is in events, so criterion's time per iteration / events = ns per event.
+//! * `strip/*`: the include-usage stripper on a 64-token stream in 1 KiB reads.
 //! * `request/*`: request inspection of a small chat body, simd-json (the shipped path) vs a
 //!   `serde_json::Value` DOM doing the same extraction; and include-usage injection.
 //!
@@ -12,7 +13,8 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use sluice::inspect::{
-    inject_include_usage, inspect_request, Dialect, NdjsonSplitter, SseSplitter, UsageAccumulator,
+    inject_include_usage, inspect_request, Dialect, Forward, NdjsonSplitter, SseSplitter,
+    UsageAccumulator, UsageChunkStripper,
 };
 
 fn chat_chunk(i: usize, content: &str) -> String {
@@ -173,6 +175,27 @@ fn serde_chat_facts(body: &[u8]) -> Option<Facts> {
     ))
 }
 
+fn bench_strip(c: &mut Criterion) {
+    let mut g = c.benchmark_group("strip");
+    let small = openai_stream(64);
+    g.throughput(Throughput::Bytes(small.len() as u64));
+    g.bench_function("openai_64_tokens/1KiB_reads", |b| {
+        b.iter(|| {
+            let mut s = UsageChunkStripper::new();
+            let mut n = 0usize;
+            for c in black_box(&small).chunks(1024) {
+                s.feed(c, |f| match f {
+                    Forward::Chunk(r) => n += r.len(),
+                    Forward::Held(h) => n += h.len(),
+                });
+            }
+            s.finish(|_| {});
+            n
+        })
+    });
+    g.finish();
+}
+
 fn bench_request(c: &mut Criterion) {
     let mut g = c.benchmark_group("request");
     g.throughput(Throughput::Bytes(CHAT_BODY.len() as u64));
@@ -188,5 +211,5 @@ fn bench_request(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_sse, bench_usage, bench_request);
+criterion_group!(benches, bench_sse, bench_usage, bench_strip, bench_request);
 criterion_main!(benches);

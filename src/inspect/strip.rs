@@ -23,9 +23,11 @@
 
 use super::json;
 use super::sse::{SseSplitter, EVENT_BYTES_MAX};
+use super::usage::key_values;
 use memchr::memmem;
 use simd_json::prelude::*;
 use std::ops::Range;
+use std::sync::LazyLock;
 
 /// A forwarding decision, in stream order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,8 +160,22 @@ impl UsageChunkStripper {
 }
 
 /// True for an OpenAI chunk with an empty `choices` array and a `usage` object.
+///
+/// Prefilter without parsing: `"choices"` must be followed by an empty array and `"usage"` by an
+/// object (every include-usage chunk carries `"usage":null`, so the key alone selects nothing).
 pub fn is_usage_only_chunk(data: &[u8]) -> bool {
-    if memmem::find(data, b"\"usage\"").is_none() || memmem::find(data, b"\"choices\"").is_none() {
+    static F_USAGE: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+    static F_CHOICES: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"choices\""));
+    let empty_choices = key_values(&F_CHOICES, data).any(|i| {
+        data.get(i) == Some(&b'[')
+            && data
+                .get(i + 1..)
+                .and_then(|rest| rest.iter().find(|c| !c.is_ascii_whitespace()))
+                == Some(&b']')
+    });
+    if !empty_choices || !key_values(&F_USAGE, data).any(|i| data.get(i) == Some(&b'{')) {
         return false;
     }
     json::parse(data, |v| {

@@ -398,6 +398,16 @@ static F_RESPONSE: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"response\""));
 static F_THINKING: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"thinking\""));
+static F_SIGNATURE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"signature_delta\""));
+static F_TOKEN: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"token\""));
+static F_SPECIAL: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"special\":true"));
+static F_DONE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"done\":true"));
+static F_EVAL: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"eval_count\""));
 static F_TYPE: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"type\""));
 
@@ -520,7 +530,7 @@ impl State {
         };
         match ty {
             // The signature of a thinking block is not output the user sees.
-            b"content_block_delta" => Some(memmem::find(data, b"\"signature_delta\"").is_none()),
+            b"content_block_delta" => Some(F_SIGNATURE.find(data).is_none()),
             b"message_start" => {
                 self.model_parsed = true;
                 let got = self.parse(data, |seen, v| {
@@ -567,15 +577,11 @@ impl State {
             return Some(content);
         }
         // `"special":true` marks a special token (e.g. EOS): not content.
-        Some(
-            memmem::find(data, b"\"token\"").is_some()
-                && memmem::find(data, b"\"special\":true").is_none(),
-        )
+        Some(F_TOKEN.find(data).is_some() && F_SPECIAL.find(data).is_none())
     }
 
     fn ollama_event(&mut self, data: &[u8]) -> Option<bool> {
-        let done = memmem::find(data, b"\"done\":true").is_some()
-            || memmem::find(data, b"\"eval_count\"").is_some();
+        let done = F_DONE.find(data).is_some() || F_EVAL.find(data).is_some();
         if done || !self.model_parsed {
             self.model_parsed = true;
             let (got, content, is_done) = self.parse(data, |seen, v| {
@@ -943,7 +949,7 @@ fn body_text(dialect: Dialect, v: Value<'_, '_>, out: &mut String) {
 
 /// Iterate occurrences of a quoted key that are not inside an escaped string (`\"key\"`),
 /// yielding the index of the first non-space byte after the key's colon.
-fn key_values<'a>(
+pub(crate) fn key_values<'a>(
     finder: &'a memmem::Finder<'static>,
     data: &'a [u8],
 ) -> impl Iterator<Item = usize> + 'a {
