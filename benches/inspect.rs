@@ -6,12 +6,14 @@
 //! * `usage/*`: full usage extraction (splitting + prefilter + the few JSON parses) per event;
 //!   throughput is in events, so criterion's time per iteration / events = ns per event.
 //! * `strip/*`: the include-usage stripper on a 64-token stream in 1 KiB reads.
+//! * `estimate/*`: BPE token counting speed (and, printed once, the table build time).
 //! * `request/*`: request inspection of a small chat body, simd-json (the shipped path) vs a
 //!   `serde_json::Value` DOM doing the same extraction; and include-usage injection.
 //!
 //! Run: `cargo bench --bench inspect -- --warm-up-time 1 --measurement-time 3`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use sluice::inspect::estimate;
 use sluice::inspect::{
     inject_include_usage, inspect_request, Dialect, Forward, NdjsonSplitter, SseSplitter,
     UsageAccumulator, UsageChunkStripper,
@@ -196,6 +198,24 @@ fn bench_strip(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_estimate(c: &mut Criterion) {
+    let t = std::time::Instant::now();
+    estimate::warm_up();
+    eprintln!(
+        "estimate::warm_up (build o200k_base + cl100k_base): {:?}",
+        t.elapsed()
+    );
+    let mut g = c.benchmark_group("estimate");
+    let text = "The sky appears blue because of Rayleigh scattering: shorter wavelengths of \
+                sunlight are scattered more strongly by the molecules in the atmosphere. "
+        .repeat(28);
+    g.throughput(Throughput::Bytes(text.len() as u64));
+    g.bench_function("o200k_count/4KiB_text", |b| {
+        b.iter(|| estimate::count_tokens(estimate::Encoding::O200kBase, black_box(&text)))
+    });
+    g.finish();
+}
+
 fn bench_request(c: &mut Criterion) {
     let mut g = c.benchmark_group("request");
     g.throughput(Throughput::Bytes(CHAT_BODY.len() as u64));
@@ -211,5 +231,12 @@ fn bench_request(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_sse, bench_usage, bench_strip, bench_request);
+criterion_group!(
+    benches,
+    bench_sse,
+    bench_usage,
+    bench_strip,
+    bench_estimate,
+    bench_request
+);
 criterion_main!(benches);

@@ -13,6 +13,10 @@
 use simd_json::tape::{Tape, Value};
 use std::cell::RefCell;
 
+/// Scratch capacity kept between parses; a larger document's buffers are freed after use so
+/// one huge body does not pin memory on the thread forever.
+pub const SCRATCH_RETAIN_BYTES_MAX: usize = 1024 * 1024;
+
 /// Reusable simd-json buffers. Cheap to create; grows to the largest document parsed.
 pub struct JsonScratch {
     bytes: Vec<u8>,
@@ -57,6 +61,9 @@ impl JsonScratch {
             Err(_) => None,
         };
         self.tape = Some(tape.reset());
+        if self.bytes.capacity() > SCRATCH_RETAIN_BYTES_MAX {
+            *self = JsonScratch::new();
+        }
         out
     }
 }

@@ -23,8 +23,10 @@ use super::InspectError;
 use simd_json::prelude::*;
 use simd_json::tape::Value;
 
-/// Default cap on the prompt text kept for token estimation ([`RequestOptions`]).
-pub const PROMPT_TEXT_BYTES_MAX: usize = 256 * 1024;
+/// Suggested cap on the prompt text kept for token estimation
+/// ([`RequestOptions::prompt_text_bytes_max`]). Estimation runs the BPE over it on the worker
+/// thread at `finish`, so it is kept small; beyond it the estimate is extrapolated by bytes.
+pub const PROMPT_TEXT_BYTES_MAX: usize = 32 * 1024;
 
 /// What the inspector learned from a request body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -156,6 +156,8 @@ pub struct UsageAccumulator {
     prompt_text: String,
     prompt_text_truncated: bool,
     prompt_bytes: u64,
+    /// Set by the first `finish`.
+    report: Option<UsageReport>,
 }
 
 impl UsageAccumulator {
@@ -188,6 +190,7 @@ impl UsageAccumulator {
             prompt_text: String::new(),
             prompt_text_truncated: false,
             prompt_bytes: 0,
+            report: None,
         }
     }
 
@@ -236,6 +239,9 @@ impl UsageAccumulator {
 
     /// Feed response body bytes (after the proxy forwarded them).
     pub fn on_body_bytes(&mut self, bytes: &[u8]) -> ChunkSignal {
+        if self.report.is_some() {
+            return ChunkSignal::default();
+        }
         let st = &mut self.state;
         st.signal = ChunkSignal::default();
         match &mut self.framing {
@@ -255,8 +261,22 @@ impl UsageAccumulator {
     }
 
     /// End of the response. `aborted`: the stream was cut short (upstream or client went away
-    /// before the end). Consumes nothing; the accumulator should not be fed afterwards.
+    /// before the end). Idempotent: a second call returns the first report (with the first
+    /// `aborted`). Bytes fed after `finish` are ignored.
+    ///
+    /// Cost: when no usage was reported this runs the BPE over the kept content text and the
+    /// request's prompt text (bounded by [`CONTENT_KEEP_BYTES_MAX`] and the caller's
+    /// `prompt_text_bytes_max`); otherwise it is a few field copies.
     pub fn finish(&mut self, aborted: bool) -> UsageReport {
+        if let Some(r) = &self.report {
+            return r.clone();
+        }
+        let report = self.finish_inner(aborted);
+        self.report = Some(report.clone());
+        report
+    }
+
+    fn finish_inner(&mut self, aborted: bool) -> UsageReport {
         let st = &mut self.state;
         let mut truncated = false;
         let mut uninspected = false;
@@ -978,25 +998,9 @@ fn key_then(finder: &memmem::Finder<'static>, data: &[u8], first: u8) -> bool {
 }
 
 /// True when some occurrence of the key has a non-empty string value.
-fn has_nonempty_string(finder: &memmem::Finder<'_>, data: &[u8]) -> bool {
-    // Local copy of key_values for a non-'static finder.
-    finder.find_iter(data).any(|pos| {
-        if pos > 0 && data[pos - 1] == b'\\' {
-            return false;
-        }
-        let mut i = pos + finder.needle().len();
-        while matches!(data.get(i), Some(b' ' | b'\t' | b'\r' | b'\n')) {
-            i += 1;
-        }
-        if data.get(i) != Some(&b':') {
-            return false;
-        }
-        i += 1;
-        while matches!(data.get(i), Some(b' ' | b'\t' | b'\r' | b'\n')) {
-            i += 1;
-        }
-        data.get(i) == Some(&b'"') && data.get(i + 1).is_some_and(|&c| c != b'"')
-    })
+fn has_nonempty_string(finder: &memmem::Finder<'static>, data: &[u8]) -> bool {
+    key_values(finder, data)
+        .any(|i| data.get(i) == Some(&b'"') && data.get(i + 1).is_some_and(|&c| c != b'"'))
 }
 
 /// The raw (still escaped) string value of the first occurrence of the key, if a string.
@@ -1108,6 +1112,7 @@ mod tests {
         acc.on_body_bytes(&big);
         let r = acc.finish(false);
         assert!(r.uninspected && r.usage.is_none());
+        assert_eq!(acc.finish(true), r, "finish is idempotent");
         let mut acc = UsageAccumulator::new(Dialect::Anthropic, false);
         let r = acc.finish(false);
         assert_eq!(r, UsageReport::default());
