@@ -601,17 +601,7 @@ impl Engine {
             self.apply_context(t, f);
         }
         out.retain(|f| f.confidence >= d.threshold);
-        // overlap resolution: earliest start, then longest
-        out.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
-        let mut last_end = 0;
-        out.retain(|f| {
-            if f.start >= last_end {
-                last_end = f.end;
-                true
-            } else {
-                false
-            }
-        });
+        resolve_overlaps(out);
     }
 
     fn on(&self, e: Entity) -> bool {
@@ -899,6 +889,56 @@ impl Engine {
         self.apply(text, &f, &mut out);
         (out, f)
     }
+}
+
+/// Overlap resolution. Secrets (keys, tokens, PEM, JWT) win over anything they overlap (a token
+/// in `https://ghp_...@github.com` is a token, not an email); among the rest, earliest start then
+/// longest wins. Linear after sorting.
+fn resolve_overlaps(out: &mut Vec<Finding>) {
+    let is_secret = |f: &Finding| {
+        matches!(
+            f.entity,
+            Entity::AwsKey
+                | Entity::ApiKey
+                | Entity::GithubToken
+                | Entity::PrivateKey
+                | Entity::Jwt
+        )
+    };
+    out.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+    let greedy = |v: &mut Vec<Finding>| {
+        let mut last_end = 0;
+        v.retain(|f| {
+            if f.start >= last_end {
+                last_end = f.end;
+                true
+            } else {
+                false
+            }
+        });
+    };
+    if !out.iter().any(is_secret) {
+        greedy(out);
+        return;
+    }
+    let (mut secrets, rest): (Vec<Finding>, Vec<Finding>) = out.drain(..).partition(is_secret);
+    greedy(&mut secrets);
+    // drop non-secrets overlapping a kept secret (both lists sorted by start)
+    let mut k = 0;
+    let mut others: Vec<Finding> = Vec::with_capacity(rest.len());
+    for f in rest {
+        while k < secrets.len() && secrets[k].end <= f.start {
+            k += 1;
+        }
+        if k < secrets.len() && secrets[k].start < f.end {
+            continue;
+        }
+        others.push(f);
+    }
+    greedy(&mut others);
+    out.extend(secrets);
+    out.extend(others);
+    out.sort_by_key(|f| f.start);
 }
 
 /// Normalise a value before hashing so formatting variants pseudonymise identically

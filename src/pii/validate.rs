@@ -612,7 +612,10 @@ pub fn ipv4(t: &[u8], s: usize) -> Option<(usize, f32)> {
             p += 1;
         }
     }
-    right_ok(t, p).then_some((p, CONF_IPV4))
+    // a `:port` suffix is fine for an address, unlike for other numbers
+    let port = at(t, p) == b':' && !at(t, p + 1).is_ascii_hexdigit()
+        || at(t, p) == b':' && at(t, p + 1).is_ascii_digit();
+    (right_ok(t, p) || port).then_some((p, CONF_IPV4))
 }
 
 fn is_v6(b: u8) -> bool {
@@ -704,6 +707,13 @@ pub fn email(t: &[u8], at_pos: usize) -> Option<(usize, usize, f32)> {
     }
     let tld = &t[last_label.0..last_label.1];
     if tld.len() < 2 || !tld.iter().all(u8::is_ascii_alphabetic) {
+        return None;
+    }
+    // asset names like `icon@2x.png`
+    const FILE_EXTS: &[&[u8]] = &[
+        b"png", b"jpg", b"jpeg", b"gif", b"svg", b"webp", b"bmp", b"ico", b"css", b"js", b"json",
+    ];
+    if FILE_EXTS.iter().any(|x| tld.eq_ignore_ascii_case(x)) {
         return None;
     }
     if end < t.len() && (is_word(t[end]) || t[end] == b'@') {
