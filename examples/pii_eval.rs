@@ -10,7 +10,9 @@ use sluice::pii::{Engine, PiiConfig};
 const MEASURE_BYTES_MIN: usize = 64 * 1024 * 1024;
 
 fn main() {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "tests/pii_corpus/corpus.jsonl".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "tests/pii_corpus/corpus.jsonl".into());
     let corpus = match std::fs::read_to_string(&path) {
         Ok(c) => c,
         Err(e) => {

@@ -522,12 +522,15 @@ struct Splice {
     bytes: Vec<u8>,
 }
 
+/// Splices to apply, audit findings, blocked entity names.
+type Processed = (Vec<Splice>, Vec<AuditFinding>, Vec<Arc<str>>);
+
 fn process(
     engine: &Engine,
     doc: &[u8],
     pats: &'static [&'static [Pat]],
     direction: Direction,
-) -> Result<(Vec<Splice>, Vec<AuditFinding>, Vec<Arc<str>>), PiiError> {
+) -> Result<Processed, PiiError> {
     std::str::from_utf8(doc).map_err(|e| bad(e.valid_up_to(), "invalid utf-8"))?;
     let mut splices = Vec::new();
     let mut audit = Vec::new();

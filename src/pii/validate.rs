@@ -179,7 +179,7 @@ pub fn luhn(t: &[u8], s: usize, e: usize) -> bool {
         sum += d;
         dbl = !dbl;
     }
-    sum % 10 == 0
+    matches!(sum % 10, 0)
 }
 
 /// Known issuer (IIN) range and length: Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay.
@@ -827,11 +827,9 @@ pub fn jwt(t: &[u8], s: usize) -> Option<(usize, f32)> {
 pub fn pem(t: &[u8], s: usize) -> Option<(usize, f32)> {
     let hdr_end = (s + 80).min(t.len());
     let hdr = &t[s..hdr_end];
-    let close = memchr::memmem::find(&hdr[10..], b"-----")? + 10;
-    let label = &hdr[10..close];
-    if memchr::memmem::find(label, b"PRIVATE KEY").is_none() {
-        return None;
-    }
+    let close = memchr::memmem::find(hdr.get(10..)?, b"-----")? + 10;
+    let label = hdr.get(10..close)?;
+    memchr::memmem::find(label, b"PRIVATE KEY")?;
     let body_start = s + close + 5;
     let lim = (s + PEM_BLOCK_BYTES_MAX).min(t.len());
     if body_start > lim {
