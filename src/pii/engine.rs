@@ -19,7 +19,9 @@ use regex::Regex;
 use sha2::Sha256;
 
 use super::config::{CompressedPolicy, PiiConfig};
-use super::entity::{Action, Entity, Finding, BUILTIN_ENTITIES};
+use super::entity::{
+    Action, Entity, Finding, BUILTIN_ENTITIES, IBAN_BYTES_MAX, IP_BYTES_MAX, PEM_HEADER_BYTES_MAX,
+};
 use super::error::PiiError;
 use super::validate as v;
 
@@ -121,7 +123,6 @@ enum Lit {
     GithubPat,
     Pem,
     Jwt,
-    Custom(usize),
 }
 
 #[derive(Debug)]
@@ -147,6 +148,9 @@ struct Detector {
     builtin: [bool; 11],
     lit_ac: Option<AhoCorasick>,
     lits: Vec<Lit>,
+    anchor_ac: Option<AhoCorasick>,
+    /// Longest entity that may contain whitespace (streaming hold-back floor).
+    spaced_bytes: usize,
     custom: Vec<CustomRx>,
     dict_ac: Option<AhoCorasick>,
     dict_entity: Vec<Entity>,
@@ -262,6 +266,7 @@ impl Engine {
         if builtin[slot(Entity::Jwt)] {
             push_lit("eyJ", Lit::Jwt, &mut pats, &mut lits);
         }
+        let mut anchors: Vec<String> = Vec::new();
         let mut custom = Vec::new();
         for cp in &cfg.custom_patterns {
             let entity = add_custom(&cp.name, &mut names)?;
@@ -276,7 +281,7 @@ impl Engine {
                             cp.name
                         )));
                     }
-                    push_lit(a, Lit::Custom(custom.len()), &mut pats, &mut lits);
+                    anchors.push(a.clone());
                     true
                 }
                 _ => {
@@ -312,16 +317,18 @@ impl Engine {
                 max_len_bytes: cp.max_len_bytes.max(1),
             });
         }
-        let lit_ac = if pats.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasickBuilder::new()
-                    .match_kind(MatchKind::Standard)
-                    .build(&pats)
-                    .map_err(|e| cfg_err(format!("literal automaton: {e}")))?,
-            )
+        let build_lits = |p: &[String]| -> Result<Option<AhoCorasick>, PiiError> {
+            if p.is_empty() {
+                return Ok(None);
+            }
+            AhoCorasickBuilder::new()
+                .match_kind(MatchKind::LeftmostFirst)
+                .build(p)
+                .map(Some)
+                .map_err(|e| cfg_err(format!("literal automaton: {e}")))
         };
+        let lit_ac = build_lits(&pats)?;
+        let anchor_ac = build_lits(&anchors)?;
 
         // dictionaries
         let mut dict_terms = Vec::new();
@@ -444,12 +451,21 @@ impl Engine {
             hold = hold.max(t.len());
         }
         let holdback_bytes = hold + BOUNDARY_LOOKAHEAD_BYTES;
+        let mut spaced_bytes = PEM_HEADER_BYTES_MAX.max(IBAN_BYTES_MAX);
+        for cr in &custom {
+            spaced_bytes = spaced_bytes.max(cr.max_len_bytes);
+        }
+        for t in &dict_terms {
+            spaced_bytes = spaced_bytes.max(t.len());
+        }
 
         let det = Detector {
             enabled: cfg.enabled,
             builtin,
             lit_ac,
             lits,
+            anchor_ac,
+            spaced_bytes,
             custom,
             dict_ac,
             dict_entity,
@@ -553,6 +569,14 @@ impl Engine {
     /// [`crate::pii::HOLDBACK_CHARS_MAX`] unless custom patterns/dictionaries are longer.
     pub fn holdback_bytes(&self) -> usize {
         self.det.holdback_bytes
+    }
+
+    /// Streaming hold-back floor in bytes: the longest entity that may contain whitespace, or a
+    /// numeric entity plus its trailing context window, plus boundary look-ahead.
+    pub fn stream_hold_min_bytes(&self) -> usize {
+        let d = &*self.det;
+        (d.spaced_bytes.max(IP_BYTES_MAX + d.window_bytes) + BOUNDARY_LOOKAHEAD_BYTES)
+            .min(d.holdback_bytes.max(1))
     }
 
     /// Scan `text`, replacing the contents of `out` with findings sorted by start, non-overlapping,
@@ -720,45 +744,55 @@ impl Engine {
 
     fn scan_literals(&self, text: &str, out: &mut Vec<Finding>) {
         let d = &*self.det;
-        let Some(ac) = &d.lit_ac else { return };
         let t = text.as_bytes();
-        let mut claimed = 0usize;
-        for m in ac.find_overlapping_iter(t) {
-            let s = m.start();
-            let lit = d.lits[m.pattern().as_usize()];
-            if s < claimed && !matches!(lit, Lit::Custom(_)) {
-                continue;
-            }
-            let (entity, r) = match lit {
-                Lit::Aws => (Entity::AwsKey, v::aws_key(t, s)),
-                Lit::Sk => (Entity::ApiKey, v::sk_key(t, s)),
-                Lit::Github => (Entity::GithubToken, v::github(t, s, 4)),
-                Lit::GithubPat => (Entity::GithubToken, v::github(t, s, 11)),
-                Lit::Pem => (Entity::PrivateKey, v::pem(t, s)),
-                Lit::Jwt => (Entity::Jwt, v::jwt(t, s)),
-                Lit::Custom(k) => {
-                    let cr = &d.custom[k];
-                    let mut lim = (s + cr.max_len_bytes).min(t.len());
-                    while !text.is_char_boundary(lim) {
-                        lim -= 1;
-                    }
-                    let r = text
-                        .get(s..lim)
-                        .and_then(|w| cr.regex.find(w))
-                        .filter(|m| m.end() > 0)
-                        .map(|m| (s + m.end(), cr.confidence));
-                    (cr.entity, r)
+        if let Some(ac) = &d.lit_ac {
+            let mut claimed = 0usize;
+            for m in ac.find_iter(t) {
+                let s = m.start();
+                if s < claimed {
+                    continue;
                 }
-            };
-            if let Some((e, c)) = r {
-                out.push(Finding {
-                    entity,
-                    start: s,
-                    end: e,
-                    confidence: c,
-                });
-                if !matches!(lit, Lit::Custom(_)) {
+                let (entity, r) = match d.lits[m.pattern().as_usize()] {
+                    Lit::Aws => (Entity::AwsKey, v::aws_key(t, s)),
+                    Lit::Sk => (Entity::ApiKey, v::sk_key(t, s)),
+                    Lit::Github => (Entity::GithubToken, v::github(t, s, 4)),
+                    Lit::GithubPat => (Entity::GithubToken, v::github(t, s, 11)),
+                    Lit::Pem => (Entity::PrivateKey, v::pem(t, s)),
+                    Lit::Jwt => (Entity::Jwt, v::jwt(t, s)),
+                };
+                if let Some((e, c)) = r {
+                    out.push(Finding {
+                        entity,
+                        start: s,
+                        end: e,
+                        confidence: c,
+                    });
                     claimed = e;
+                }
+            }
+        }
+        if let Some(ac) = &d.anchor_ac {
+            let anchored: Vec<&CustomRx> = d.custom.iter().filter(|c| c.anchored).collect();
+            for m in ac.find_iter(t) {
+                let s = m.start();
+                let Some(cr) = anchored.get(m.pattern().as_usize()) else {
+                    continue;
+                };
+                let mut lim = (s + cr.max_len_bytes).min(t.len());
+                while !text.is_char_boundary(lim) {
+                    lim -= 1;
+                }
+                if let Some(mm) = text
+                    .get(s..lim)
+                    .and_then(|w| cr.regex.find(w))
+                    .filter(|mm| mm.end() > 0)
+                {
+                    out.push(Finding {
+                        entity: cr.entity,
+                        start: s,
+                        end: s + mm.end(),
+                        confidence: cr.confidence,
+                    });
                 }
             }
         }
@@ -789,7 +823,7 @@ impl Engine {
         let (mut pos, mut neg) = (false, false);
         for m in ac.find_overlapping_iter(&t[ws..we]) {
             let (s, e) = (ws + m.start(), ws + m.end());
-            if (s > ws && s > 0 && v::is_word(t[s - 1])) || (e < t.len() && v::is_word(t[e])) {
+            if (s > 0 && v::is_word(t[s - 1])) || (e < t.len() && v::is_word(t[e])) {
                 continue;
             }
             if s < f.end && e > f.start {

@@ -23,10 +23,7 @@
 use std::sync::Arc;
 
 use super::engine::Engine;
-use super::entity::{
-    Action, Direction, Entity, Finding, EMAIL_BYTES_MAX, IBAN_BYTES_MAX, IP_BYTES_MAX,
-    PEM_HEADER_BYTES_MAX,
-};
+use super::entity::{Action, Direction, Entity, Finding, EMAIL_BYTES_MAX};
 use super::json::AuditFinding;
 
 /// Longest hold-back of an engine with only built-in entities, in bytes (every built-in entity is
@@ -76,9 +73,7 @@ fn is_run_byte(b: u8) -> bool {
 
 impl StreamRedactor {
     pub fn new(engine: Arc<Engine>) -> StreamRedactor {
-        let spaced = PEM_HEADER_BYTES_MAX.max(IBAN_BYTES_MAX);
-        let hold_min = (spaced.max(IP_BYTES_MAX + engine_window(&engine)) + 2)
-            .min(engine.holdback_bytes().max(1));
+        let hold_min = engine.stream_hold_min_bytes();
         StreamRedactor {
             engine,
             ctx: String::new(),
@@ -241,10 +236,6 @@ impl StreamRedactor {
             None => {}
         }
     }
-}
-
-fn engine_window(_e: &Engine) -> usize {
-    crate::pii::config::CONTEXT_WINDOW_BYTES_DEFAULT
 }
 
 /// End offset of a `-----END ...-----` footer in `s`, if complete.
