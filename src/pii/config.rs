@@ -70,13 +70,14 @@ impl Default for PiiConfig {
 }
 
 /// Source of the hash key; resolved by the proxy (env var or file), never by this library.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
-pub enum HashKeySource {
+/// Exactly one of `env` / `file` must be set (checked by `Engine::new`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HashKeySource {
     /// Name of an environment variable holding the key.
-    Env(String),
+    pub env: Option<String>,
     /// Path of a file holding the key.
-    File(String),
+    pub file: Option<String>,
 }
 
 /// Compressed request body policy.
@@ -162,5 +163,59 @@ impl Default for ContextConfig {
             positive: BTreeMap::new(),
             negative: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The YAML example from `docs/pii.md`.
+    pub const YAML_EXAMPLE: &str = r#"
+enabled: true
+entities: [SSN, CREDIT_CARD, EMAIL, PHONE, IBAN, IP_ADDRESS, AWS_KEY, API_KEY, GITHUB_TOKEN, PRIVATE_KEY, JWT]
+default_action: redact
+actions:
+  SSN: block
+  CREDIT_CARD: mask
+  EMAIL: hash
+  IP_ADDRESS: log
+  CUSTOMER: redact
+dry_run: false
+hash_key: { env: SLUICE_PII_HASH_KEY }
+custom_patterns:
+  - name: EMPLOYEE_ID
+    pattern: 'EMP-[0-9]{6}'
+    anchor: 'EMP-'
+    confidence: 0.9
+    max_len_bytes: 10
+dictionaries:
+  - name: CUSTOMER
+    terms: ["Acme Corp", "Project Bluebird"]
+context:
+  window_bytes: 48
+  threshold: 0.5
+  boost: 0.35
+  penalty: 0.4
+  positive: { SSN: ["employee number"] }
+  negative: ["ticket"]
+body_bytes_max: 4194304
+compressed: decompress
+streaming: true
+responses: true
+"#;
+
+    #[test]
+    fn yaml_example_parses_and_builds() {
+        let cfg: PiiConfig = serde_yaml_ng::from_str(YAML_EXAMPLE).expect("yaml");
+        assert_eq!(cfg.actions.get("SSN"), Some(&Action::Block));
+        assert_eq!(
+            cfg.hash_key.as_ref().and_then(|h| h.env.as_deref()),
+            Some("SLUICE_PII_HASH_KEY")
+        );
+        assert!(crate::pii::Engine::new(&cfg).is_err(), "hash needs a key");
+        crate::pii::Engine::with_hash_key(&cfg, &[7u8; 32]).expect("engine");
+        let typo = serde_yaml_ng::from_str::<PiiConfig>("dryrun: true");
+        assert!(typo.is_err(), "unknown fields are rejected");
     }
 }

@@ -215,6 +215,11 @@ impl Engine {
     }
 
     fn build(cfg: &PiiConfig, key: Option<&[u8]>) -> Result<Engine, PiiError> {
+        if let Some(h) = &cfg.hash_key {
+            if h.env.is_some() == h.file.is_some() {
+                return Err(cfg_err("hash_key: set exactly one of `env` or `file`"));
+            }
+        }
         let mut builtin = [cfg.entities.is_empty(); 11];
         for name in &cfg.entities {
             let e = Entity::from_builtin_tag(name)

@@ -291,6 +291,16 @@ mod tests {
             ("ssn 123-45-6789.", "ssn [REDACTED:SSN]."),
             ("mail jane.doe@example.com ok", "mail [REDACTED:EMAIL] ok"),
             ("key AKIAIOSFODNN7EXAMPLE end", "key [REDACTED:AWS_KEY] end"),
+            ("tel (212) 555-0142!", "tel [REDACTED:PHONE]!"),
+            ("DE89 3704 0044 0532 0130 00 x", "[REDACTED:IBAN] x"),
+            (
+                "\u{e9}2001:db8::8a2e:370:7334\u{1f600}",
+                "\u{e9}[REDACTED:IP_ADDRESS]\u{1f600}",
+            ),
+            (
+                "k=sk-proj-Abc123Def456Ghi789Jkl012 ",
+                "k=[REDACTED:API_KEY] ",
+            ),
         ];
         for (text, want) in cases {
             let idx: Vec<usize> = (0..=text.len())
@@ -307,6 +317,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn push_returns_text_before_the_window_immediately() {
+        let mut s = StreamRedactor::new(eng());
+        let hold = s.hold_min;
+        assert!(hold < HOLDBACK_CHARS_MAX);
+        // a card straddling deltas: text before the hold window is released at once
+        let prose =
+            "Please charge the card on file now, thanks a lot for the help today. ".repeat(3);
+        let first = format!("{prose}Card: 4111 1111");
+        let a = s.push(&first);
+        assert!(first.starts_with(&a));
+        assert!(
+            a.len() + hold + 1 >= first.len(),
+            "released {} of {}",
+            a.len(),
+            first.len()
+        );
+        assert!(!a.contains("4111"));
+        let b = s.push(" 1111 1111 thanks. ");
+        let c = s.finish();
+        assert_eq!(
+            format!("{a}{b}{c}"),
+            format!("{prose}Card: [REDACTED:CREDIT_CARD] thanks. ")
+        );
+        let f = s.take_findings();
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].start, f[0].end), (prose.len() + 6, prose.len() + 25));
     }
 
     #[test]
