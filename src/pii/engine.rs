@@ -141,6 +141,16 @@ struct CtxWord {
     entity: Option<Entity>,
 }
 
+/// HMAC-SHA256 state keyed once; cloned per pseudonym. `Debug` never prints the key.
+#[derive(Clone)]
+struct KeyedMac(Hmac<Sha256>);
+
+impl std::fmt::Debug for KeyedMac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyedMac(..)")
+    }
+}
+
 /// Compiled, immutable detection tables shared by all engines built from one config.
 #[derive(Debug)]
 struct Detector {
@@ -170,7 +180,7 @@ struct Detector {
 pub struct Engine {
     det: Arc<Detector>,
     actions: Arc<[Action]>,
-    hash_key: Option<Arc<[u8]>>,
+    hash_key: Option<Arc<KeyedMac>>,
     pub(crate) dry_run: bool,
     pub(crate) body_bytes_max: usize,
     pub(crate) compressed: CompressedPolicy,
@@ -486,7 +496,13 @@ impl Engine {
         Ok(Engine {
             det: Arc::new(det),
             actions: actions.into(),
-            hash_key: key.map(Arc::from),
+            hash_key: match key {
+                Some(k) => Some(Arc::new(KeyedMac(
+                    <Hmac<Sha256> as KeyInit>::new_from_slice(k)
+                        .map_err(|_| cfg_err("invalid hash key"))?,
+                ))),
+                None => None,
+            },
             dry_run: cfg.dry_run,
             body_bytes_max: cfg.body_bytes_max,
             compressed: cfg.compressed,
@@ -875,11 +891,7 @@ impl Engine {
                 out.push(':');
                 match &self.hash_key {
                     Some(k) => {
-                        let mut mac =
-                            <Hmac<Sha256> as KeyInit>::new_from_slice(k).unwrap_or_else(|_| {
-                                <Hmac<Sha256> as KeyInit>::new_from_slice(&[0u8; 32])
-                                    .expect("fixed key")
-                            });
+                        let mut mac = k.0.clone();
                         mac.update(tag.as_bytes());
                         mac.update(&[0]);
                         normalize_into(entity, value, &mut mac);
