@@ -36,6 +36,12 @@ fn fragment() -> impl Strategy<Value = String> {
         Just(" order ".to_string()),
         Just("\u{e9}\u{1f600} ".to_string()),
         Just("\n".to_string()),
+        Just(format!(
+            "eyJhbGciOiJIUzI1NiJ9.eyJ{}.sig_-1",
+            "x".repeat(400)
+        )),
+        Just(format!("sk-proj-{}9", "Ab_-".repeat(80))),
+        Just("-----BEGIN PRIVATE KEY-----\nMIIabc\n-----END PRIVATE KEY-----".to_string()),
         "[0-9 .:@-]{1,12}",
         "[a-zA-Z ]{1,12}",
     ]

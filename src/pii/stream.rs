@@ -40,7 +40,7 @@ const PEM_CARRY_BYTES: usize = 96;
 #[derive(Debug)]
 enum Swallow {
     None,
-    Run,
+    Run(Entity),
     Pem(String),
 }
 
@@ -67,8 +67,13 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
-fn is_run_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')
+/// Token characters that continue a secret run (mirrors the validators in `validate.rs`).
+fn is_run_byte(e: Entity, b: u8) -> bool {
+    match e {
+        Entity::Jwt => b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'),
+        Entity::ApiKey => b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'),
+        _ => b.is_ascii_alphanumeric() || b == b'_',
+    }
 }
 
 impl StreamRedactor {
@@ -105,8 +110,9 @@ impl StreamRedactor {
         let owned;
         match &mut self.swallow {
             Swallow::None => {}
-            Swallow::Run => {
-                let n = rest.bytes().take_while(|&b| is_run_byte(b)).count();
+            Swallow::Run(e) => {
+                let e = *e;
+                let n = rest.bytes().take_while(|&b| is_run_byte(e, b)).count();
                 self.base += n;
                 if n == rest.len() {
                     return out;
@@ -229,8 +235,8 @@ impl StreamRedactor {
                 self.swallow = Swallow::Pem(String::new());
                 self.pending.clear();
             }
-            Some(_) => {
-                self.swallow = Swallow::Run;
+            Some(e) => {
+                self.swallow = Swallow::Run(e);
                 self.pending.clear();
             }
             None => {}

@@ -9,7 +9,14 @@
 
 use std::net::Ipv6Addr;
 
-use super::entity::{EMAIL_BYTES_MAX, EMAIL_LOCAL_BYTES_MAX, IP_BYTES_MAX, PEM_BLOCK_BYTES_MAX};
+use super::entity::{
+    EMAIL_BYTES_MAX, EMAIL_LOCAL_BYTES_MAX, IP_BYTES_MAX, PEM_BLOCK_BYTES_MAX,
+    SECRET_PREFIX_BYTES_MAX,
+};
+
+/// Prefix length within which a secret run must show its evidence (digit+letter for `sk-`,
+/// or sheer length).
+pub const SECRET_EVIDENCE_BYTES: usize = SECRET_PREFIX_BYTES_MAX - 32;
 
 /// Base confidences. Context adds `boost` / subtracts `penalty`; the default threshold is 0.5.
 pub const CONF_SSN_DASHED: f32 = 0.9;
@@ -758,8 +765,10 @@ pub fn aws_key(t: &[u8], s: usize) -> Option<(usize, f32)> {
     Some((e, CONF_STRONG))
 }
 
-/// OpenAI / Anthropic style `sk-...` key: `sk-` then >= 20 token characters with a digit and a
-/// letter (covers `sk-proj-`, `sk-svcacct-`, `sk-ant-api03-`).
+/// OpenAI / Anthropic style `sk-...` key: `sk-` then >= 20 token characters, with a digit and a
+/// letter within the first [`SECRET_EVIDENCE_BYTES`] (covers `sk-proj-`, `sk-svcacct-`,
+/// `sk-ant-api03-`), or any token run of at least that length. The evidence is decidable within a
+/// bounded prefix, which the streaming hold-back relies on.
 pub fn sk_key(t: &[u8], s: usize) -> Option<(usize, f32)> {
     if !tok_left_ok(t, s) {
         return None;
@@ -767,10 +776,11 @@ pub fn sk_key(t: &[u8], s: usize) -> Option<(usize, f32)> {
     let b = s + 3;
     let e = run(t, b, is_tok);
     let body = &t[b..e];
-    if body.len() < 20
-        || !body.iter().any(u8::is_ascii_digit)
-        || !body.iter().any(u8::is_ascii_alphabetic)
-    {
+    let head = &body[..body.len().min(SECRET_EVIDENCE_BYTES)];
+    let evidence = (head.iter().any(u8::is_ascii_digit)
+        && head.iter().any(u8::is_ascii_alphabetic))
+        || body.len() >= SECRET_EVIDENCE_BYTES;
+    if body.len() < 20 || !evidence {
         return None;
     }
     Some((e, CONF_STRONG))
@@ -793,32 +803,30 @@ pub fn github(t: &[u8], s: usize, prefix_len: usize) -> Option<(usize, f32)> {
     Some((e, CONF_STRONG))
 }
 
-/// JWT: `eyJ` header . `eyJ` payload [. signature], base64url segments.
+/// JWT: `eyJ` header . `eyJ` payload [. signature], base64url segments; or a base64url-encoded
+/// JSON run (`eyJ...`) of at least [`SECRET_EVIDENCE_BYTES`] (a long token header), so the
+/// decision never needs more than a bounded prefix (streaming hold-back).
 pub fn jwt(t: &[u8], s: usize) -> Option<(usize, f32)> {
     if !tok_left_ok(t, s) {
         return None;
     }
     let b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
     let e1 = run(t, s, b64);
-    if e1 - s < 10 || at(t, e1) != b'.' {
+    let hdr = e1 - s;
+    if hdr < 10 {
         return None;
     }
-    let s2 = e1 + 1;
-    if t.get(s2..s2 + 3) != Some(b"eyJ") {
+    let mut payload = 0;
+    if at(t, e1) == b'.' && t.get(e1 + 1..e1 + 4) == Some(b"eyJ") {
+        payload = run(t, e1 + 1, b64) - e1 - 1;
+    }
+    let long = hdr >= SECRET_EVIDENCE_BYTES;
+    if payload < 10 && !long {
         return None;
     }
-    let e2 = run(t, s2, b64);
-    if e2 - s2 < 10 {
-        return None;
-    }
-    let mut e = e2;
-    if at(t, e2) == b'.' {
-        e = run(t, e2 + 1, b64);
-    }
-    if e < t.len() && (b64(t[e]) || t[e] == b'.') {
-        return None;
-    }
-    Some((e, CONF_STRONG))
+    // The finding covers the whole dotted token run (a JWT glued to more token characters is
+    // still a credential; this is also exactly what streaming swallows).
+    Some((run(t, s, |c| b64(c) || c == b'.'), CONF_STRONG))
 }
 
 /// PEM private key block from `-----BEGIN`: header must name a PRIVATE KEY. The block ends after
@@ -1037,6 +1045,11 @@ mod tests {
             "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abc-_123"
         ));
         assert!(!whole(jwt, "eyJhbGciOiJIUzI1NiJ9"));
+        assert!(!whole(jwt, "eyJhbGciOiJIUzI1NiJ9.notjson"));
+        assert!(whole(
+            jwt,
+            &format!("eyJ{}", "a".repeat(SECRET_EVIDENCE_BYTES))
+        ));
         let pemtxt = "-----BEGIN RSA PRIVATE KEY-----\nMIIabc\n-----END RSA PRIVATE KEY-----";
         assert!(whole(pem, pemtxt));
         assert!(pem(
