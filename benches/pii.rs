@@ -1,0 +1,128 @@
+//! Criterion benches for `sluice::pii` (release, `Throughput::Bytes`):
+//! * `scan/clean_4k`, `scan/clean_64k`: English prose without PII (goal >= 1 GB/s per core).
+//! * `scan/dense_64k`: prose with an entity every ~60 bytes (goal >= 300 MB/s).
+//! * `redact_request/chat_4k`: JSON request redaction of a 4 KiB chat body with a few entities.
+//! * `stream/deltas_4k`: the stream redactor fed 4-byte deltas.
+//!
+//! Run: `cargo bench --bench pii -- --warm-up-time 1 --measurement-time 3`.
+
+use std::sync::Arc;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use sluice::pii::{redact_request, Engine, PiiConfig, StreamRedactor};
+
+const PROSE: &str =
+    "The quarterly review covers revenue growth, customer retention and the roadmap \
+for the next release. Our team discussed how the new onboarding flow reduces friction, why the \
+support backlog shrank, and which experiments should continue. Please summarise the key risks, \
+list open questions for finance, and draft a short note to the leadership group explaining the \
+trade-offs between speed and quality. Keep the tone neutral and avoid jargon where possible. ";
+
+const PII: &[&str] = &[
+    "ssn 123-45-6789",
+    "card 4111 1111 1111 1111",
+    "mail jane.doe@example.com",
+    "call (212) 555-0142",
+    "ip 10.20.30.40",
+    "iban DE89 3704 0044 0532 0130 00",
+    "key AKIAIOSFODNN7EXAMPLE",
+];
+
+fn prose(n: usize) -> String {
+    let mut s = String::with_capacity(n + PROSE.len());
+    while s.len() < n {
+        s.push_str(PROSE);
+    }
+    s.truncate(n);
+    s
+}
+
+fn dense(n: usize) -> String {
+    let mut s = String::with_capacity(n + 128);
+    let mut i = 0;
+    while s.len() < n {
+        s.push_str(PII[i % PII.len()]);
+        s.push_str(", then some words follow here. ");
+        i += 1;
+    }
+    s.truncate(s.floor_char_boundary_compat(n));
+    s
+}
+
+trait Floor {
+    fn floor_char_boundary_compat(&self, i: usize) -> usize;
+}
+impl Floor for String {
+    fn floor_char_boundary_compat(&self, mut i: usize) -> usize {
+        while !self.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    }
+}
+
+fn chat_body() -> Vec<u8> {
+    let user = format!(
+        "{} My SSN is 123-45-6789 and my card is 4111 1111 1111 1111; email me at jane.doe@example.com. {}",
+        prose(1800),
+        prose(1800)
+    );
+    serde_json::to_vec(&serde_json::json!({
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant for a bank."},
+            {"role": "user", "content": user}
+        ],
+        "temperature": 0.2,
+        "stream": true
+    }))
+    .unwrap_or_default()
+}
+
+fn benches(c: &mut Criterion) {
+    let engine = Arc::new(Engine::new(&PiiConfig::default()).expect("engine"));
+    let mut g = c.benchmark_group("scan");
+    for (name, text) in [
+        ("clean_4k", prose(4096)),
+        ("clean_64k", prose(65536)),
+        ("dense_64k", dense(65536)),
+    ] {
+        let mut out = Vec::new();
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                engine.scan(black_box(&text), &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+    g.finish();
+
+    let body = chat_body();
+    let mut g = c.benchmark_group("redact_request");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("chat_4k", |b| {
+        b.iter(|| {
+            black_box(redact_request(&engine, black_box(&body), None).map(|o| o.findings().len()))
+        })
+    });
+    g.finish();
+
+    let text = format!("{} 4111 1111 1111 1111 {}", prose(2000), prose(2000));
+    let mut g = c.benchmark_group("stream");
+    g.throughput(Throughput::Bytes(text.len() as u64));
+    g.bench_function("deltas_4k", |b| {
+        b.iter(|| {
+            let mut r = StreamRedactor::new(Arc::clone(&engine));
+            let mut n = 0;
+            for chunk in text.as_bytes().chunks(4) {
+                n += r.push(std::str::from_utf8(chunk).unwrap_or("")).len();
+            }
+            n + r.finish().len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(pii, benches);
+criterion_main!(pii);

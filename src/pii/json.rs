@@ -1,0 +1,871 @@
+//! JSON-aware body redaction: a validating JSON span scanner that finds the string values at
+//! the prompt/completion paths of the OpenAI, Anthropic, Responses and TGI dialects, decodes
+//! their escapes (including surrogate pairs) before matching, and splices replacements back
+//! into the *raw* document.
+//!
+//! Invariants:
+//! * Fail-closed: invalid UTF-8, invalid JSON, bad escapes (lone surrogates, bad hex), nesting
+//!   deeper than [`JSON_DEPTH_MAX`], oversize or undecodable bodies are [`PiiError`]s.
+//! * Byte preservation: only the raw bytes of matched spans change; all other bytes of the
+//!   document (including the other escapes of the same string) are copied verbatim. The output
+//!   is valid JSON because replacements are JSON-escaped.
+//! * Linear: one pass over the document plus one scan per inspected string.
+//! * Never stores values: [`AuditFinding`] holds entity, action, path and offsets.
+//! * A rewritten body is always identity-encoded (decompressed); the proxy drops
+//!   `Content-Encoding` and sets `Content-Length`. An unchanged body is forwarded as received.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::decode::decode_body;
+use super::engine::Engine;
+use super::entity::{Action, Direction, Entity, Finding};
+use super::error::PiiError;
+
+/// Maximum JSON nesting depth accepted (deeper bodies are refused, never passed unscanned).
+pub const JSON_DEPTH_MAX: usize = 128;
+
+/// One finding for metrics and audit. Offsets are byte offsets in the *decoded* string value at
+/// `path`. Never contains the value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditFinding {
+    pub entity: Entity,
+    /// Tag (`SSN`, custom name...), for metric labels.
+    pub name: Arc<str>,
+    /// Configured action (in dry-run mode, what *would* have happened).
+    pub action: Action,
+    pub direction: Direction,
+    /// JSON path of the string, e.g. `messages[1].content[0].text`.
+    pub path: String,
+    pub start: usize,
+    pub end: usize,
+    pub confidence: f32,
+}
+
+/// Result of [`redact_request`] / [`redact_response`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestOutcome {
+    /// Nothing to rewrite: forward the original bytes (including their `Content-Encoding`).
+    /// Findings with `log` actions or in dry-run mode are still reported.
+    Unchanged { findings: Vec<AuditFinding> },
+    /// Forward `body` instead: valid JSON, identity-encoded; fix `Content-Length`, drop
+    /// `Content-Encoding`.
+    Rewritten {
+        body: Vec<u8>,
+        findings: Vec<AuditFinding>,
+    },
+    /// Refuse the request (400) naming these entity types (sorted, deduplicated), never values.
+    Blocked {
+        entities: Vec<Arc<str>>,
+        findings: Vec<AuditFinding>,
+    },
+}
+
+impl RequestOutcome {
+    /// Findings for metrics/audit.
+    pub fn findings(&self) -> &[AuditFinding] {
+        match self {
+            RequestOutcome::Unchanged { findings }
+            | RequestOutcome::Rewritten { findings, .. }
+            | RequestOutcome::Blocked { findings, .. } => findings,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Seg<'a> {
+    Key(Cow<'a, str>),
+    Idx(usize),
+}
+
+#[derive(Clone, Copy)]
+enum Pat {
+    K(&'static str),
+    I,
+    /// Any suffix (all strings below).
+    Rest,
+}
+use Pat::{Rest, I, K};
+
+/// String paths inspected in requests.
+const REQUEST_PATHS: &[&[Pat]] = &[
+    &[K("messages"), I, K("content")],
+    &[K("messages"), I, K("content"), I, K("text")],
+    &[K("messages"), I, K("content"), I, K("content")],
+    &[
+        K("messages"),
+        I,
+        K("content"),
+        I,
+        K("content"),
+        I,
+        K("text"),
+    ],
+    &[K("messages"), I, K("content"), I, K("input"), Rest],
+    &[
+        K("messages"),
+        I,
+        K("tool_calls"),
+        I,
+        K("function"),
+        K("arguments"),
+    ],
+    &[K("prompt")],
+    &[K("prompt"), I],
+    &[K("input")],
+    &[K("input"), I],
+    &[K("input"), I, K("content")],
+    &[K("input"), I, K("content"), I, K("text")],
+    &[K("input"), I, K("output")],
+    &[K("input"), I, K("arguments")],
+    &[K("system")],
+    &[K("system"), I, K("text")],
+    &[K("instructions")],
+    &[K("inputs")],
+    &[K("inputs"), I],
+];
+
+/// String paths inspected in non-streaming responses.
+const RESPONSE_PATHS: &[&[Pat]] = &[
+    &[K("choices"), I, K("message"), K("content")],
+    &[K("choices"), I, K("message"), K("content"), I, K("text")],
+    &[
+        K("choices"),
+        I,
+        K("message"),
+        K("tool_calls"),
+        I,
+        K("function"),
+        K("arguments"),
+    ],
+    &[K("choices"), I, K("text")],
+    &[K("choices"), I, K("delta"), K("content")],
+    &[K("content"), I, K("text")],
+    &[K("content"), I, K("input"), Rest],
+    &[K("output"), I, K("content"), I, K("text")],
+    &[K("output"), I, K("arguments")],
+    &[K("output_text")],
+    &[K("generated_text")],
+    &[I, K("generated_text")],
+];
+
+const DELTA_PATHS: &[&[Pat]] = &[&[K("choices"), I, K("delta"), K("content")]];
+
+fn path_matches(path: &[Seg], pats: &[&[Pat]]) -> bool {
+    pats.iter().any(|p| {
+        let mut i = 0;
+        for (k, pat) in p.iter().enumerate() {
+            match pat {
+                Rest => return path.len() > k,
+                K(name) => match path.get(i) {
+                    Some(Seg::Key(s)) if s == name => {}
+                    _ => return false,
+                },
+                I => match path.get(i) {
+                    Some(Seg::Idx(_)) => {}
+                    _ => return false,
+                },
+            }
+            i += 1;
+        }
+        i == path.len()
+    })
+}
+
+fn path_string(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Idx(i) => {
+                s.push('[');
+                s.push_str(&i.to_string());
+                s.push(']');
+            }
+        }
+    }
+    s
+}
+
+fn bad(offset: usize, reason: &'static str) -> PiiError {
+    PiiError::BadJson { offset, reason }
+}
+
+/// A raw string value: `start..end` are the bytes between the quotes.
+struct RawStr {
+    start: usize,
+    end: usize,
+    escaped: bool,
+}
+
+struct Parser<'a, F> {
+    b: &'a [u8],
+    pos: usize,
+    path: Vec<Seg<'a>>,
+    pats: &'static [&'static [Pat]],
+    on_string: F,
+}
+
+impl<'a, F: FnMut(&[Seg<'a>], &RawStr) -> Result<(), PiiError>> Parser<'a, F> {
+    fn ws(&mut self) {
+        while let Some(&c) = self.b.get(self.pos) {
+            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.pos).copied()
+    }
+
+    fn value(&mut self, depth: usize) -> Result<(), PiiError> {
+        if depth > JSON_DEPTH_MAX {
+            return Err(bad(self.pos, "nesting too deep"));
+        }
+        self.ws();
+        match self.peek() {
+            Some(b'{') => {
+                self.pos += 1;
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    if self.peek() != Some(b'"') {
+                        return Err(bad(self.pos, "expected object key"));
+                    }
+                    let k = self.string()?;
+                    let key = if k.escaped {
+                        Cow::Owned(decode_str(self.b, k.start, k.end, None)?)
+                    } else {
+                        Cow::Borrowed(
+                            std::str::from_utf8(&self.b[k.start..k.end])
+                                .map_err(|_| bad(k.start, "invalid utf-8"))?,
+                        )
+                    };
+                    self.ws();
+                    if self.peek() != Some(b':') {
+                        return Err(bad(self.pos, "expected ':'"));
+                    }
+                    self.pos += 1;
+                    self.path.push(Seg::Key(key));
+                    self.value(depth + 1)?;
+                    self.path.pop();
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.pos += 1,
+                        Some(b'}') => {
+                            self.pos += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(bad(self.pos, "expected ',' or '}'")),
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.pos += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                let mut idx = 0;
+                loop {
+                    self.path.push(Seg::Idx(idx));
+                    self.value(depth + 1)?;
+                    self.path.pop();
+                    idx += 1;
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.pos += 1,
+                        Some(b']') => {
+                            self.pos += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(bad(self.pos, "expected ',' or ']'")),
+                    }
+                }
+            }
+            Some(b'"') => {
+                let s = self.string()?;
+                if path_matches(&self.path, self.pats) {
+                    (self.on_string)(&self.path, &s)?;
+                }
+                Ok(())
+            }
+            Some(b't') => self.lit(b"true"),
+            Some(b'f') => self.lit(b"false"),
+            Some(b'n') => self.lit(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(bad(self.pos, "expected a value")),
+        }
+    }
+
+    fn lit(&mut self, l: &[u8]) -> Result<(), PiiError> {
+        if self.b.get(self.pos..self.pos + l.len()) == Some(l) {
+            self.pos += l.len();
+            Ok(())
+        } else {
+            Err(bad(self.pos, "invalid literal"))
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let s = self.pos;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.pos += 1;
+        }
+        self.pos - s
+    }
+
+    fn number(&mut self) -> Result<(), PiiError> {
+        let s = self.pos;
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(bad(s, "invalid number")),
+        }
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            if self.digits() == 0 {
+                return Err(bad(s, "invalid number"));
+            }
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.pos += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return Err(bad(s, "invalid number"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validate a string's grammar (escape letters, 4 hex digits, no raw control bytes).
+    fn string(&mut self) -> Result<RawStr, PiiError> {
+        self.pos += 1;
+        let start = self.pos;
+        let mut escaped = false;
+        loop {
+            let Some(off) = memchr::memchr3(b'"', b'\\', b'\n', &self.b[self.pos..]) else {
+                return Err(bad(start, "unterminated string"));
+            };
+            if let Some(cc) = self.b[self.pos..self.pos + off]
+                .iter()
+                .position(|&c| c < 0x20)
+            {
+                return Err(bad(self.pos + cc, "control character in string"));
+            }
+            self.pos += off;
+            match self.b[self.pos] {
+                b'"' => {
+                    let end = self.pos;
+                    self.pos += 1;
+                    return Ok(RawStr {
+                        start,
+                        end,
+                        escaped,
+                    });
+                }
+                b'\\' => {
+                    escaped = true;
+                    match self.b.get(self.pos + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                            self.pos += 2
+                        }
+                        Some(b'u') => {
+                            let h = self.b.get(self.pos + 2..self.pos + 6);
+                            if !h.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                                return Err(PiiError::BadEscape { offset: self.pos });
+                            }
+                            self.pos += 6;
+                        }
+                        _ => return Err(PiiError::BadEscape { offset: self.pos }),
+                    }
+                }
+                _ => return Err(bad(self.pos, "control character in string")),
+            }
+        }
+    }
+}
+
+fn hex4(b: &[u8], p: usize) -> Result<u32, PiiError> {
+    let h = b.get(p..p + 4).ok_or(PiiError::BadEscape { offset: p })?;
+    let mut v = 0u32;
+    for &c in h {
+        let d = (c as char)
+            .to_digit(16)
+            .ok_or(PiiError::BadEscape { offset: p })?;
+        v = v * 16 + d;
+    }
+    Ok(v)
+}
+
+/// Decode the raw JSON string bytes `b[s..e]`. When `map` is given, it receives, for each decoded
+/// byte, the raw offset of the escape or character it came from.
+fn decode_str(
+    b: &[u8],
+    s: usize,
+    e: usize,
+    mut map: Option<&mut Vec<usize>>,
+) -> Result<String, PiiError> {
+    let mut out = String::with_capacity(e - s);
+    let mut p = s;
+    while p < e {
+        let c = b[p];
+        if c != b'\\' {
+            // copy one UTF-8 char
+            let len = match c {
+                0x00..=0x7f => 1,
+                0xc0..=0xdf => 2,
+                0xe0..=0xef => 3,
+                _ => 4,
+            };
+            let chunk = b.get(p..p + len).ok_or(bad(p, "invalid utf-8"))?;
+            let st = std::str::from_utf8(chunk).map_err(|_| bad(p, "invalid utf-8"))?;
+            out.push_str(st);
+            if let Some(m) = map.as_deref_mut() {
+                m.extend(std::iter::repeat_n(p, len));
+            }
+            p += len;
+            continue;
+        }
+        let esc = b
+            .get(p + 1)
+            .copied()
+            .ok_or(PiiError::BadEscape { offset: p })?;
+        let (ch, adv) = match esc {
+            b'"' => ('"', 2),
+            b'\\' => ('\\', 2),
+            b'/' => ('/', 2),
+            b'b' => ('\u{8}', 2),
+            b'f' => ('\u{c}', 2),
+            b'n' => ('\n', 2),
+            b'r' => ('\r', 2),
+            b't' => ('\t', 2),
+            b'u' => {
+                let hi = hex4(b, p + 2)?;
+                if (0xd800..0xdc00).contains(&hi) {
+                    if b.get(p + 6..p + 8) != Some(b"\\u") {
+                        return Err(PiiError::BadEscape { offset: p });
+                    }
+                    let lo = hex4(b, p + 8)?;
+                    if !(0xdc00..0xe000).contains(&lo) {
+                        return Err(PiiError::BadEscape { offset: p });
+                    }
+                    let cp = 0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00);
+                    (
+                        char::from_u32(cp).ok_or(PiiError::BadEscape { offset: p })?,
+                        12,
+                    )
+                } else if (0xdc00..0xe000).contains(&hi) {
+                    return Err(PiiError::BadEscape { offset: p });
+                } else {
+                    (
+                        char::from_u32(hi).ok_or(PiiError::BadEscape { offset: p })?,
+                        6,
+                    )
+                }
+            }
+            _ => return Err(PiiError::BadEscape { offset: p }),
+        };
+        out.push(ch);
+        if let Some(m) = map.as_deref_mut() {
+            m.extend(std::iter::repeat_n(p, ch.len_utf8()));
+        }
+        p += adv;
+    }
+    Ok(out)
+}
+
+/// Append `s` JSON-escaped (without quotes).
+fn escape_into(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..=0x1f => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+            _ => out.push(b),
+        }
+    }
+}
+
+/// A raw-byte replacement in the document.
+struct Splice {
+    start: usize,
+    end: usize,
+    bytes: Vec<u8>,
+}
+
+/// Splices to apply, audit findings, blocked entity names.
+type Processed = (Vec<Splice>, Vec<AuditFinding>, Vec<Arc<str>>);
+
+fn process(
+    engine: &Engine,
+    doc: &[u8],
+    pats: &'static [&'static [Pat]],
+    direction: Direction,
+) -> Result<Processed, PiiError> {
+    std::str::from_utf8(doc).map_err(|e| bad(e.valid_up_to(), "invalid utf-8"))?;
+    let mut splices = Vec::new();
+    let mut audit = Vec::new();
+    let mut blocked: Vec<Arc<str>> = Vec::new();
+    let mut findings: Vec<Finding> = Vec::new();
+    let mut rep = String::new();
+    let on_string = |path: &[Seg], s: &RawStr| -> Result<(), PiiError> {
+        let decoded: Cow<str> = if s.escaped {
+            Cow::Owned(decode_str(doc, s.start, s.end, None)?)
+        } else {
+            Cow::Borrowed(
+                std::str::from_utf8(&doc[s.start..s.end])
+                    .map_err(|_| bad(s.start, "invalid utf-8"))?,
+            )
+        };
+        engine.scan(&decoded, &mut findings);
+        if findings.is_empty() {
+            return Ok(());
+        }
+        let p = path_string(path);
+        let mut map: Option<Vec<usize>> = None;
+        for f in &findings {
+            let action = engine.action_for(f.entity);
+            audit.push(AuditFinding {
+                entity: f.entity,
+                name: engine.entity_name_arc(f.entity),
+                action,
+                direction,
+                path: p.clone(),
+                start: f.start,
+                end: f.end,
+                confidence: f.confidence,
+            });
+            if engine.dry_run() || !action.rewrites() {
+                continue;
+            }
+            if action == Action::Block && direction == Direction::Request {
+                let n = engine.entity_name_arc(f.entity);
+                if !blocked.contains(&n) {
+                    blocked.push(n);
+                }
+                continue;
+            }
+            let (rs, re) = if s.escaped {
+                if map.is_none() {
+                    let mut m = Vec::with_capacity(decoded.len() + 1);
+                    decode_str(doc, s.start, s.end, Some(&mut m))?;
+                    m.push(s.end);
+                    map = Some(m);
+                }
+                let m = map.as_deref().unwrap_or(&[]);
+                let rs = m.get(f.start).copied().unwrap_or(s.end);
+                let re = m.get(f.end).copied().unwrap_or(s.end);
+                (rs, re)
+            } else {
+                (s.start + f.start, s.start + f.end)
+            };
+            rep.clear();
+            engine.replacement(
+                f.entity,
+                action,
+                decoded.get(f.start..f.end).unwrap_or(""),
+                &mut rep,
+            );
+            let mut bytes = Vec::with_capacity(rep.len());
+            escape_into(&mut bytes, &rep);
+            splices.push(Splice {
+                start: rs,
+                end: re,
+                bytes,
+            });
+        }
+        Ok(())
+    };
+    let mut parser = Parser {
+        b: doc,
+        pos: 0,
+        path: Vec::new(),
+        pats,
+        on_string,
+    };
+    parser.value(0)?;
+    parser.ws();
+    if parser.pos != doc.len() {
+        return Err(bad(parser.pos, "trailing data after JSON value"));
+    }
+    blocked.sort();
+    Ok((splices, audit, blocked))
+}
+
+fn apply_splices(doc: &[u8], splices: &[Splice]) -> Vec<u8> {
+    let extra: usize = splices.iter().map(|s| s.bytes.len()).sum();
+    let mut out = Vec::with_capacity(doc.len() + extra);
+    let mut last = 0;
+    for s in splices {
+        if s.start < last || s.end > doc.len() {
+            continue;
+        }
+        out.extend_from_slice(&doc[last..s.start]);
+        out.extend_from_slice(&s.bytes);
+        last = s.end;
+    }
+    out.extend_from_slice(&doc[last..]);
+    out
+}
+
+fn redact_doc(
+    engine: &Engine,
+    body: &[u8],
+    content_encoding: Option<&str>,
+    pats: &'static [&'static [Pat]],
+    direction: Direction,
+) -> Result<RequestOutcome, PiiError> {
+    if !engine.enabled() {
+        return Ok(RequestOutcome::Unchanged {
+            findings: Vec::new(),
+        });
+    }
+    let (doc, _compressed) = decode_body(
+        body,
+        content_encoding,
+        engine.compressed,
+        engine.body_bytes_max,
+    )?;
+    let (splices, findings, blocked) = process(engine, &doc, pats, direction)?;
+    if !blocked.is_empty() {
+        return Ok(RequestOutcome::Blocked {
+            entities: blocked,
+            findings,
+        });
+    }
+    if splices.is_empty() {
+        return Ok(RequestOutcome::Unchanged { findings });
+    }
+    Ok(RequestOutcome::Rewritten {
+        body: apply_splices(&doc, &splices),
+        findings,
+    })
+}
+
+/// Inspect a request body (chat/completions/responses/messages/TGI JSON).
+///
+/// `content_encoding` is the request's `Content-Encoding` header. Errors are fail-closed: the
+/// proxy must refuse the request (status from [`crate::error::Classify`]).
+pub fn redact_request(
+    engine: &Engine,
+    body: &[u8],
+    content_encoding: Option<&str>,
+) -> Result<RequestOutcome, PiiError> {
+    redact_doc(
+        engine,
+        body,
+        content_encoding,
+        REQUEST_PATHS,
+        Direction::Request,
+    )
+}
+
+/// Inspect a non-streaming response body (`choices[].message.content`, `choices[].text`,
+/// Anthropic `content[].text`, Responses `output[].content[].text`, TGI `generated_text`).
+/// `block` is rendered as redaction (a response cannot be refused without the app noticing);
+/// never returns [`RequestOutcome::Blocked`].
+pub fn redact_response(
+    engine: &Engine,
+    body: &[u8],
+    content_encoding: Option<&str>,
+) -> Result<RequestOutcome, PiiError> {
+    redact_doc(
+        engine,
+        body,
+        content_encoding,
+        RESPONSE_PATHS,
+        Direction::Response,
+    )
+}
+
+/// Replace the value of the first `choices[].delta.content` string of one SSE chunk JSON with
+/// `new_content` (JSON-escaped), keeping every other byte. Errors if the event is not valid JSON
+/// or has no such string.
+pub fn try_rewrite_delta_content(
+    event_json: &[u8],
+    new_content: &str,
+) -> Result<Vec<u8>, PiiError> {
+    std::str::from_utf8(event_json).map_err(|e| bad(e.valid_up_to(), "invalid utf-8"))?;
+    let mut span: Option<(usize, usize)> = None;
+    let on_string = |_: &[Seg], s: &RawStr| -> Result<(), PiiError> {
+        if span.is_none() {
+            span = Some((s.start, s.end));
+        }
+        Ok(())
+    };
+    let mut parser = Parser {
+        b: event_json,
+        pos: 0,
+        path: Vec::new(),
+        pats: DELTA_PATHS,
+        on_string,
+    };
+    parser.value(0)?;
+    let (s, e) = span.ok_or(bad(0, "no choices[].delta.content string"))?;
+    let mut bytes = Vec::new();
+    escape_into(&mut bytes, new_content);
+    Ok(apply_splices(
+        event_json,
+        &[Splice {
+            start: s,
+            end: e,
+            bytes,
+        }],
+    ))
+}
+
+/// Infallible form of [`try_rewrite_delta_content`]: returns the event unchanged when it has no
+/// `choices[].delta.content` string (the proxy extracted the content from this same event, so
+/// that only happens for events without text, e.g. role or finish chunks).
+pub fn rewrite_delta_content(event_json: &[u8], new_content: &str) -> Vec<u8> {
+    try_rewrite_delta_content(event_json, new_content).unwrap_or_else(|_| event_json.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pii::PiiConfig;
+
+    fn eng() -> Engine {
+        Engine::new(&PiiConfig::default()).expect("engine")
+    }
+
+    fn body(o: &RequestOutcome) -> String {
+        match o {
+            RequestOutcome::Rewritten { body, .. } => {
+                String::from_utf8(body.clone()).expect("utf8")
+            }
+            other => panic!("not rewritten: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rewrites_only_matching_spans() {
+        let e = eng();
+        let doc = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"my ssn is 123-45-6789 \u00e9"}],"user":"123-45-6789"}"#;
+        let o = redact_request(&e, doc, None).expect("ok");
+        assert_eq!(
+            body(&o),
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"my ssn is [REDACTED:SSN] \u00e9"}],"user":"123-45-6789"}"#
+        );
+        assert_eq!(o.findings()[0].path, "messages[0].content");
+    }
+
+    #[test]
+    fn decodes_escapes_and_surrogates() {
+        let e = eng();
+        let doc = br#"{"prompt":"\ud83d\ude00 \u0031\u0032\u0033-45-6789!"}"#;
+        let o = redact_request(&e, doc, None).expect("ok");
+        assert_eq!(body(&o), r#"{"prompt":"\ud83d\ude00 [REDACTED:SSN]!"}"#);
+        assert!(matches!(
+            redact_request(&e, br#"{"prompt":"\ud83d x"}"#, None),
+            Err(PiiError::BadEscape { .. })
+        ));
+        assert!(matches!(
+            redact_request(&e, br#"{"prompt":"\x"}"#, None),
+            Err(PiiError::BadEscape { .. })
+        ));
+    }
+
+    #[test]
+    fn fails_closed_on_bad_json() {
+        let e = eng();
+        for d in [
+            &b"{"[..],
+            b"{\"a\":}",
+            b"[1,]",
+            b"{\"a\":1} x",
+            b"\xff",
+            b"",
+            b"{\"a\":01}",
+        ] {
+            assert!(
+                redact_request(&e, d, None).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(d)
+            );
+        }
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert!(redact_request(&e, deep.as_bytes(), None).is_err());
+    }
+
+    #[test]
+    fn paths_and_block() {
+        let mut cfg = PiiConfig::default();
+        cfg.actions.insert("CREDIT_CARD".into(), Action::Block);
+        let e = Engine::new(&cfg).expect("engine");
+        let doc = br#"{"messages":[{"role":"user","content":[{"type":"text","text":"card 4111 1111 1111 1111"}]}]}"#;
+        match redact_request(&e, doc, None).expect("ok") {
+            RequestOutcome::Blocked { entities, .. } => assert_eq!(&*entities[0], "CREDIT_CARD"),
+            o => panic!("{o:?}"),
+        }
+        let doc = br#"{"messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{\"email\":\"a@example.com\"}"}}]}],"system":[{"type":"text","text":"x@example.org"}]}"#;
+        let o = redact_request(&eng(), doc, None).expect("ok");
+        let b = body(&o);
+        assert!(b.contains(r#"{\"email\":\"[REDACTED:EMAIL]\"}"#), "{b}");
+        assert!(b.contains(r#""text":"[REDACTED:EMAIL]""#), "{b}");
+        serde_json::from_str::<serde_json::Value>(&b).expect("valid");
+        // dry run never modifies
+        let dry = eng().with_dry_run(true);
+        assert!(
+            matches!(redact_request(&dry, doc, None), Ok(RequestOutcome::Unchanged { ref findings }) if findings.len() == 2)
+        );
+    }
+
+    #[test]
+    fn response_and_delta() {
+        let e = eng();
+        let doc =
+            br#"{"choices":[{"message":{"role":"assistant","content":"mail bob@example.com"}}]}"#;
+        let o = redact_response(&e, doc, None).expect("ok");
+        assert!(body(&o).contains("[REDACTED:EMAIL]"));
+        let ev = br#"{"id":"x","choices":[{"index":0,"delta":{"content":"old"}}]}"#;
+        assert_eq!(
+            rewrite_delta_content(ev, "new \"q\""),
+            br#"{"id":"x","choices":[{"index":0,"delta":{"content":"new \"q\""}}]}"#.to_vec()
+        );
+        let no = br#"{"choices":[{"delta":{"role":"assistant"}}]}"#;
+        assert_eq!(rewrite_delta_content(no, "x"), no.to_vec());
+    }
+
+    #[test]
+    fn gzip_request() {
+        use std::io::Write;
+        let e = eng();
+        let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        g.write_all(br#"{"prompt":"ip 10.20.30.40"}"#).expect("w");
+        let gz = g.finish().expect("f");
+        let o = redact_request(&e, &gz, Some("gzip")).expect("ok");
+        assert_eq!(body(&o), r#"{"prompt":"ip [REDACTED:IP_ADDRESS]"}"#);
+        assert!(redact_request(&e, b"garbage", Some("gzip")).is_err());
+    }
+}
