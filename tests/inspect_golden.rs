@@ -30,6 +30,7 @@ fn fixtures() -> Vec<Fixture> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .expect("fixtures dir")
         .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
     for dir in dirs {

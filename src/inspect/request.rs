@@ -26,7 +26,7 @@ use simd_json::tape::Value;
 /// Suggested cap on the prompt text kept for token estimation
 /// ([`RequestOptions::prompt_text_bytes_max`]). Estimation runs the BPE over it on the worker
 /// thread at `finish`, so it is kept small; beyond it the estimate is extrapolated by bytes.
-pub const PROMPT_TEXT_BYTES_MAX: usize = 32 * 1024;
+pub const PROMPT_TEXT_BYTES_MAX: usize = 8 * 1024;
 
 /// What the inspector learned from a request body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -49,7 +49,7 @@ use std::sync::LazyLock;
 /// Bound on a buffered non-streaming response body; larger bodies are `uninspected`.
 pub const USAGE_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// Bound on the raw content-event JSON kept per stream for token estimation.
-pub const CONTENT_KEEP_BYTES_MAX: usize = 256 * 1024;
+pub const CONTENT_KEEP_BYTES_MAX: usize = 64 * 1024;
 
 /// Token usage of one response. Counts are `u64`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
