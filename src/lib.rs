@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod filter;
 pub mod http1;
 pub mod inspect;
 pub mod pii;

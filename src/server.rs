@@ -198,6 +198,11 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
             telemetry::LATENCY_BUCKETS_SECONDS,
         )
         .map_err(|e| StartError::Metrics(e.to_string()))?
+        .set_buckets_for_metric(
+            Matcher::Full(names::GEN_AI_TOKEN_USAGE.to_string()),
+            telemetry::TOKEN_BUCKETS,
+        )
+        .map_err(|e| StartError::Metrics(e.to_string()))?
         .build_recorder();
     let prometheus = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| StartError::Metrics(e.to_string()))?;

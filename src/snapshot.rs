@@ -30,6 +30,38 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub listeners: Vec<ListenerRt>,
     pub upstreams: Vec<Arc<UpstreamRt>>,
+    /// Model name (or prefix) → price; read by the telemetry thread.
+    pub pricing: Pricing,
+}
+
+/// Prices per model, matched by exact name, else by the longest prefix.
+#[derive(Debug, Default)]
+pub struct Pricing {
+    models: Vec<(String, crate::config::Price)>,
+}
+
+impl Pricing {
+    pub fn lookup(&self, model: &str) -> Option<&crate::config::Price> {
+        self.models
+            .iter()
+            .filter(|(m, _)| model.starts_with(m.as_str()))
+            .max_by_key(|(m, _)| m.len())
+            .map(|(_, p)| p)
+    }
+
+    /// Cost in USD of one call's usage at `model`'s price.
+    pub fn cost_usd(&self, model: &str, u: &crate::inspect::Usage) -> Option<f64> {
+        let p = self.lookup(model)?;
+        let cached = u.cached_input_tokens.unwrap_or(0).min(u.input_tokens);
+        let fresh = u.input_tokens - cached;
+        let cached_price = p.cached_input_usd_per_mtok.unwrap_or(p.input_usd_per_mtok);
+        Some(
+            (fresh as f64 * p.input_usd_per_mtok
+                + cached as f64 * cached_price
+                + u.output_tokens as f64 * p.output_usd_per_mtok)
+                / 1e6,
+        )
+    }
 }
 
 pub struct ListenerRt {
@@ -53,6 +85,8 @@ pub struct RouteRt {
     pub first_byte_timeout_ms: u64,
     pub body_idle_timeout_ms: u64,
     pub total_timeout_ms: u64,
+    /// The route's filters; `None` = plain proxying, nothing read or inspected.
+    pub chain: Option<Arc<crate::filter::Chain>>,
 }
 
 pub struct UpstreamRt {
@@ -112,16 +146,28 @@ impl Snapshot {
             index.insert(name.clone(), upstreams.len());
             upstreams.push(up);
         }
+        let engine = match &config.pii {
+            Some(p) => Some(Arc::new(build_pii_engine(p)?)),
+            None => None,
+        };
         let listeners = config
             .listeners
             .iter()
-            .map(|l| build_listener(l, &index))
+            .map(|l| build_listener(l, &index, engine.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut models = match &config.pricing.file {
+            Some(f) => config::load_pricing_file(&f.value)?,
+            None => Default::default(),
+        };
+        models.extend(config.pricing.models.clone());
         Ok(Snapshot {
             generation,
             config: Arc::new(config),
             listeners,
             upstreams,
+            pricing: Pricing {
+                models: models.into_iter().collect(),
+            },
         })
     }
 
@@ -168,9 +214,34 @@ fn fingerprint(u: &UpstreamConfig) -> u64 {
     h.finish()
 }
 
+/// Build the PII engine, reading the HMAC key for the `hash` action from its env var or file.
+fn build_pii_engine(p: &crate::pii::PiiConfig) -> Result<crate::pii::Engine, String> {
+    let key = match &p.hash_key {
+        None => None,
+        Some(h) => {
+            let k = match (&h.env, &h.file) {
+                (Some(var), None) => std::env::var(var)
+                    .map(|v| v.into_bytes())
+                    .map_err(|_| format!("pii.hash_key: environment variable {var} is not set"))?,
+                (None, Some(f)) => std::fs::read(f)
+                    .map(|v| v.trim_ascii().to_vec())
+                    .map_err(|e| format!("pii.hash_key: {f}: {e}"))?,
+                _ => return Err("pii.hash_key: set exactly one of env or file".into()),
+            };
+            Some(k)
+        }
+    };
+    match key {
+        Some(k) => crate::pii::Engine::with_hash_key(p, &k),
+        None => crate::pii::Engine::new(p),
+    }
+    .map_err(|e| format!("pii: {e}"))
+}
+
 fn build_listener(
     l: &ListenerConfig,
     index: &HashMap<String, usize>,
+    engine: Option<&Arc<crate::pii::Engine>>,
 ) -> Result<ListenerRt, String> {
     let addr: SocketAddr = l
         .bind
@@ -181,7 +252,7 @@ fn build_listener(
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| build_route(&l.name.value, i, r, index))
+        .map(|(i, r)| build_route(&l.name.value, i, r, index, engine))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ListenerRt {
         name: Arc::from(l.name.value.as_str()),
@@ -201,7 +272,63 @@ fn build_route(
     i: usize,
     r: &RouteConfig,
     index: &HashMap<String, usize>,
+    engine: Option<&Arc<crate::pii::Engine>>,
 ) -> Result<RouteRt, String> {
+    use crate::filter::{Chain, Filter, InspectFilter, PiiFilter};
+    let mut filters = Vec::new();
+    let mut body_bytes_max = crate::config::INSPECT_BODY_BYTES_MAX_DEFAULT;
+    let mut over_limit = crate::config::OverLimit::Pass;
+    let mut fails_closed = false;
+    if let (Some(p), Some(engine)) = (&r.pii, engine) {
+        if p.enabled {
+            let mut e = if p.actions.is_empty() {
+                (**engine).clone()
+            } else {
+                engine
+                    .with_actions(&p.actions)
+                    .map_err(|e| format!("route {i}: pii.actions: {e}"))?
+            };
+            if let Some(d) = p.dry_run {
+                e = e.with_dry_run(d);
+            }
+            body_bytes_max = body_bytes_max.max(e.body_bytes_max());
+            fails_closed = !e.dry_run()
+                && crate::pii::BUILTIN_ENTITIES
+                    .iter()
+                    .any(|x| e.action_for(*x) == crate::pii::Action::Block);
+            filters.push(Filter::Pii(PiiFilter { engine: Arc::new(e) }));
+        }
+    }
+    if let Some(ic) = &r.inspect {
+        let dialect = if ic.dialect.value == "auto" {
+            None
+        } else {
+            Some(
+                ic.dialect
+                    .value
+                    .parse()
+                    .map_err(|e| format!("route {i}: {e}"))?,
+            )
+        };
+        body_bytes_max = if filters.is_empty() {
+            ic.body_bytes_max
+        } else {
+            body_bytes_max.max(ic.body_bytes_max)
+        };
+        over_limit = ic.over_limit;
+        filters.push(Filter::Inspect(InspectFilter {
+            dialect,
+            include_usage: ic.include_usage,
+        }));
+    }
+    let chain = (!filters.is_empty()).then(|| {
+        Arc::new(Chain {
+            filters,
+            body_bytes_max,
+            over_limit,
+            fails_closed,
+        })
+    });
     let upstream = *index
         .get(&r.upstream.value)
         .ok_or_else(|| format!("route {i}: unknown upstream {}", r.upstream.value))?;
@@ -222,6 +349,7 @@ fn build_route(
         first_byte_timeout_ms: r.timeouts.first_byte_ms,
         body_idle_timeout_ms: r.timeouts.idle_ms,
         total_timeout_ms: r.timeouts.total_ms,
+        chain,
     })
 }
 

@@ -80,6 +80,8 @@ pub struct RequestRecord {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub access: Option<Box<AccessFields>>,
+    /// Model-call facts, when the route inspects model traffic.
+    pub gen_ai: Option<Box<crate::filter::GenAiRecord>>,
 }
 
 /// Strings only collected when the access log is on.
@@ -196,6 +198,46 @@ pub mod names {
     pub const CONFIG_GENERATION: &str = "sluice_config_generation";
     pub const DRAINING: &str = "sluice_draining";
     pub const BUILD_INFO: &str = "sluice_build_info";
+    // OpenTelemetry GenAI semantic conventions, Prometheus-named.
+    pub const GEN_AI_TOKEN_USAGE: &str = "gen_ai_client_token_usage";
+    pub const GEN_AI_OPERATION_DURATION: &str = "gen_ai_client_operation_duration_seconds";
+    pub const GEN_AI_TTFT: &str = "gen_ai_server_time_to_first_token_seconds";
+    pub const GEN_AI_TPOT: &str = "gen_ai_server_time_per_output_token_seconds";
+    pub const GEN_AI_TOKENS_TOTAL: &str = "sluice_gen_ai_tokens_total";
+    /// Millionths of a US dollar: `metrics` counters are integers, and a float gauge would
+    /// misstate the type. Divide by 1e6 in queries.
+    pub const GEN_AI_COST_TOTAL: &str = "sluice_gen_ai_cost_microusd_total";
+    pub const GEN_AI_REQUESTS_TOTAL: &str = "sluice_gen_ai_requests_total";
+    pub const GEN_AI_UNINSPECTED_TOTAL: &str = "sluice_gen_ai_uninspected_total";
+    pub const GEN_AI_MALFORMED_EVENTS_TOTAL: &str = "sluice_gen_ai_malformed_events_total";
+    pub const PII_DETECTIONS_TOTAL: &str = "sluice_pii_detections_total";
+}
+
+/// Bucket bounds for token-count histograms (the OTel GenAI recommendation: powers of 4).
+pub const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+    4194304.0, 16777216.0, 67108864.0,
+];
+
+/// Caps the number of distinct values a label takes: the first `max` values seen are kept,
+/// later ones become `other`. Prometheus cardinality stays bounded whatever callers send.
+#[derive(Default)]
+pub struct LabelCap {
+    seen: std::collections::HashSet<Arc<str>>,
+}
+
+impl LabelCap {
+    pub fn label(&mut self, v: &str, max: usize) -> Arc<str> {
+        if let Some(x) = self.seen.get(v) {
+            return x.clone();
+        }
+        if self.seen.len() >= max {
+            return Arc::from("other");
+        }
+        let a: Arc<str> = Arc::from(v);
+        self.seen.insert(a.clone());
+        a
+    }
 }
 
 /// Bucket bounds for latency histograms, in seconds. Fine at the low end because sluice's
@@ -213,6 +255,7 @@ fn run(
     let mut snapshots: HashMap<u64, Arc<Snapshot>> = HashMap::new();
     let mut gauges: HashMap<usize, WorkerGauges> = HashMap::new();
     let mut handles = Handles::default();
+    let mut gen_ai = GenAiMetrics::default();
     let mut last_dropped = 0u64;
     let mut line = Vec::with_capacity(512);
     while let Ok(msg) = rx.recv() {
@@ -234,6 +277,9 @@ fn run(
                         continue;
                     };
                     handles.apply(s, r);
+                    if let Some(g) = &r.gen_ai {
+                        gen_ai.apply(s, r, g);
+                    }
                     if let (Some(out), Some(a)) = (access_log.as_mut(), r.access.as_ref()) {
                         line.clear();
                         write_access_line(&mut line, s, r, a);
@@ -450,4 +496,118 @@ fn write_access_line(out: &mut Vec<u8>, s: &Snapshot, r: &RequestRecord, a: &Acc
         js(out, r.error_code);
     }
     out.extend_from_slice(b"}\n");
+}
+
+/// GenAI metrics: tokens, cost, TTFT, time per output token, PII detections.
+#[derive(Default)]
+struct GenAiMetrics {
+    callers: LabelCap,
+    models: LabelCap,
+    /// Fractions of a micro-dollar not yet counted, per (caller, model, provider).
+    cost_carry: HashMap<(Arc<str>, Arc<str>, &'static str), f64>,
+}
+
+impl GenAiMetrics {
+    fn apply(&mut self, s: &Snapshot, r: &RequestRecord, g: &crate::filter::GenAiRecord) {
+        let tcfg = &s.config.telemetry;
+        let caller = self.callers.label(&g.caller, tcfg.caller_labels_max);
+        for (entity, action, direction) in &g.pii {
+            metrics::counter!(names::PII_DETECTIONS_TOTAL,
+                "entity" => entity.to_string(), "action" => *action,
+                "direction" => *direction, "caller" => caller.to_string())
+            .increment(1);
+        }
+        if g.provider.is_empty() {
+            return;
+        }
+        let req_model = self.models.label(
+            g.request_model.as_deref().unwrap_or("unknown"),
+            tcfg.model_labels_max,
+        );
+        let resp_model = self.models.label(
+            g.response_model
+                .as_deref()
+                .or(g.request_model.as_deref())
+                .unwrap_or("unknown"),
+            tcfg.model_labels_max,
+        );
+        let provider = g.provider;
+        let op = g.operation;
+        let outcome = if g.aborted { "aborted" } else if r.status >= 400 { "error" } else { "ok" };
+        metrics::counter!(names::GEN_AI_REQUESTS_TOTAL,
+            "caller" => caller.to_string(), "gen_ai_request_model" => req_model.to_string(),
+            "gen_ai_provider_name" => provider, "outcome" => outcome)
+        .increment(1);
+        metrics::histogram!(names::GEN_AI_OPERATION_DURATION,
+            "gen_ai_operation_name" => op, "gen_ai_provider_name" => provider,
+            "gen_ai_request_model" => req_model.to_string())
+        .record(r.duration_us as f64 / 1e6);
+        if g.uninspected {
+            metrics::counter!(names::GEN_AI_UNINSPECTED_TOTAL, "caller" => caller.to_string())
+                .increment(1);
+        }
+        if g.malformed_events > 0 {
+            metrics::counter!(names::GEN_AI_MALFORMED_EVENTS_TOTAL, "gen_ai_provider_name" => provider)
+                .increment(g.malformed_events as u64);
+        }
+        if let Some(t) = g.ttft_us {
+            metrics::histogram!(names::GEN_AI_TTFT,
+                "gen_ai_request_model" => req_model.to_string(), "gen_ai_provider_name" => provider)
+            .record(t as f64 / 1e6);
+        }
+        if let Some(t) = g.tpot_us {
+            metrics::histogram!(names::GEN_AI_TPOT,
+                "gen_ai_request_model" => req_model.to_string(), "gen_ai_provider_name" => provider)
+            .record(t as f64 / 1e6);
+        }
+        let Some(u) = &g.usage else { return };
+        let estimated = if u.estimated { "true" } else { "false" };
+        for (ty, n) in [("input", u.input_tokens), ("output", u.output_tokens)] {
+            metrics::histogram!(names::GEN_AI_TOKEN_USAGE,
+                "gen_ai_token_type" => ty, "gen_ai_operation_name" => op,
+                "gen_ai_provider_name" => provider,
+                "gen_ai_request_model" => req_model.to_string(),
+                "gen_ai_response_model" => resp_model.to_string(),
+                "caller" => caller.to_string())
+            .record(n as f64);
+        }
+        let typed = [
+            ("input", Some(u.input_tokens)),
+            ("output", Some(u.output_tokens)),
+            ("cached_input", u.cached_input_tokens),
+            ("reasoning", u.reasoning_tokens),
+        ];
+        for (ty, n) in typed {
+            let Some(n) = n else { continue };
+            metrics::counter!(names::GEN_AI_TOKENS_TOTAL,
+                "caller" => caller.to_string(),
+                "gen_ai_request_model" => req_model.to_string(),
+                "gen_ai_response_model" => resp_model.to_string(),
+                "gen_ai_provider_name" => provider,
+                "gen_ai_token_type" => ty,
+                "estimated" => estimated)
+            .increment(n);
+        }
+        let model_for_price = g
+            .response_model
+            .as_deref()
+            .or(g.request_model.as_deref())
+            .unwrap_or("");
+        if let Some(cost) = s.pricing.cost_usd(model_for_price, u) {
+            let carry = self
+                .cost_carry
+                .entry((caller.clone(), req_model.clone(), provider))
+                .or_insert(0.0);
+            *carry += cost * 1e6;
+            let whole = carry.floor();
+            *carry -= whole;
+            if whole > 0.0 {
+                metrics::counter!(names::GEN_AI_COST_TOTAL,
+                    "caller" => caller.to_string(),
+                    "gen_ai_request_model" => req_model.to_string(),
+                    "gen_ai_provider_name" => provider)
+                .increment(whole as u64);
+            }
+        }
+    }
 }

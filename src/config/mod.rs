@@ -187,6 +187,162 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Who is calling: the `caller` label of token, cost and PII metrics.
+    #[serde(default)]
+    pub caller: CallerConfig,
+    /// Prices per model, for cost accounting.
+    #[serde(default)]
+    pub pricing: PricingConfig,
+    /// The PII engine (entities, actions, dictionaries...). Routes opt in with `pii:`.
+    #[serde(default)]
+    pub pii: Option<crate::pii::PiiConfig>,
+}
+
+/// Default header naming the calling service.
+pub const CALLER_HEADER_DEFAULT: &str = "x-sluice-caller";
+/// Default bound on a request body that a filter reads before forwarding.
+pub const INSPECT_BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+/// Default number of distinct `caller` label values; the rest are reported as `other`.
+pub const CALLER_LABELS_MAX_DEFAULT: usize = 64;
+/// Default number of distinct model label values; the rest are reported as `other`.
+pub const MODEL_LABELS_MAX_DEFAULT: usize = 64;
+
+/// Where the caller identity comes from, tried in order; the first that yields a value wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerSource {
+    /// The `caller.header` request header (default `x-sluice-caller`).
+    Header,
+    /// `key:` + the first 12 hex digits of SHA-256 of the client's API key (`Authorization:
+    /// Bearer …` or `x-api-key`). The key itself is never kept.
+    ApiKeyHash,
+    /// The client's IP address.
+    SourceAddress,
+    /// `caller.static_name`: the pod's own service, for an outbound sidecar.
+    Static,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    #[serde(default = "caller_sources_default")]
+    pub sources: Vec<CallerSource>,
+    #[serde(default = "caller_header_default")]
+    pub header: String,
+    #[serde(default)]
+    pub static_name: Option<String>,
+    /// Used when no source yields a value.
+    #[serde(default = "caller_fallback_default")]
+    pub fallback: String,
+}
+
+fn caller_sources_default() -> Vec<CallerSource> {
+    vec![CallerSource::Header]
+}
+fn caller_header_default() -> String {
+    CALLER_HEADER_DEFAULT.to_string()
+}
+fn caller_fallback_default() -> String {
+    "unknown".to_string()
+}
+
+impl Default for CallerConfig {
+    fn default() -> Self {
+        CallerConfig {
+            sources: caller_sources_default(),
+            header: caller_header_default(),
+            static_name: None,
+            fallback: caller_fallback_default(),
+        }
+    }
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+    /// Cached prompt tokens; defaults to the input price.
+    #[serde(default)]
+    pub cached_input_usd_per_mtok: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingConfig {
+    /// A YAML file with a `models:` map (e.g. `deploy/pricing.yaml`); inline `models` win.
+    #[serde(default)]
+    pub file: Option<Loc<String>>,
+    /// Model name (or name prefix, longest wins) → price.
+    #[serde(default)]
+    pub models: BTreeMap<String, Price>,
+}
+
+/// The shape of a pricing file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingFile {
+    pub models: BTreeMap<String, Price>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IncludeUsage {
+    /// Forward streams as they are; count with a tokenizer when the provider reports nothing.
+    #[default]
+    Off,
+    /// Ask OpenAI-style providers for usage in streams whose client did not, and strip the
+    /// extra usage chunk so the client sees exactly the stream it asked for.
+    Inject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OverLimit {
+    /// Forward the body uninspected and count it (`sluice_gen_ai_uninspected_total`).
+    #[default]
+    Pass,
+    /// Answer 413.
+    Reject,
+}
+
+/// Model-traffic inspection on a route: request facts, usage, TTFT, cost.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectRouteConfig {
+    /// `auto` (by path), or a dialect name: `openai`, `vllm`, `openai_chat`,
+    /// `openai_completions`, `openai_embeddings`, `openai_responses`, `anthropic`, `tgi`,
+    /// `ollama`.
+    #[serde(default = "dialect_auto")]
+    pub dialect: Loc<String>,
+    #[serde(default)]
+    pub include_usage: IncludeUsage,
+    #[serde(default = "inspect_body_bytes_max_default")]
+    pub body_bytes_max: usize,
+    #[serde(default)]
+    pub over_limit: OverLimit,
+}
+
+fn dialect_auto() -> Loc<String> {
+    Loc::new("auto".to_string())
+}
+fn inspect_body_bytes_max_default() -> usize {
+    INSPECT_BODY_BYTES_MAX_DEFAULT
+}
+
+/// PII enforcement on a route, using the top-level `pii` engine.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PiiRouteConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Per-entity action overrides for this route (`SSN: block`).
+    #[serde(default)]
+    pub actions: BTreeMap<String, crate::pii::Action>,
+    /// Override the engine's dry-run setting for this route.
+    #[serde(default)]
+    pub dry_run: Option<bool>,
 }
 
 fn drain_timeout_ms_default() -> u64 {
@@ -240,6 +396,19 @@ pub struct TelemetryConfig {
     pub flush_interval_ms: u64,
     #[serde(default = "telemetry_queue_batches_max_default")]
     pub queue_batches_max: usize,
+    /// Distinct `caller` label values before the rest become `other`.
+    #[serde(default = "caller_labels_max_default")]
+    pub caller_labels_max: usize,
+    /// Distinct model label values before the rest become `other`.
+    #[serde(default = "model_labels_max_default")]
+    pub model_labels_max: usize,
+}
+
+fn caller_labels_max_default() -> usize {
+    CALLER_LABELS_MAX_DEFAULT
+}
+fn model_labels_max_default() -> usize {
+    MODEL_LABELS_MAX_DEFAULT
 }
 
 fn telemetry_flush_interval_ms_default() -> u64 {
@@ -254,6 +423,8 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             flush_interval_ms: TELEMETRY_FLUSH_INTERVAL_MS_DEFAULT,
             queue_batches_max: TELEMETRY_QUEUE_BATCHES_MAX_DEFAULT,
+            caller_labels_max: CALLER_LABELS_MAX_DEFAULT,
+            model_labels_max: MODEL_LABELS_MAX_DEFAULT,
         }
     }
 }
@@ -299,6 +470,12 @@ pub struct RouteConfig {
     pub upstream: Loc<String>,
     #[serde(default)]
     pub timeouts: RouteTimeouts,
+    /// Model-traffic inspection (usage, TTFT, cost). Off when absent.
+    #[serde(default)]
+    pub inspect: Option<InspectRouteConfig>,
+    /// PII enforcement with the top-level `pii` engine. Off when absent.
+    #[serde(default)]
+    pub pii: Option<PiiRouteConfig>,
 }
 
 /// All given conditions must hold. An empty match matches every request.
@@ -624,6 +801,33 @@ impl Validator<'_> {
                         );
                     }
                 }
+                if let Some(i) = &r.inspect {
+                    if i.dialect.value != "auto"
+                        && i.dialect.value.parse::<crate::inspect::Dialect>().is_err()
+                    {
+                        self.err(
+                            i.dialect.line,
+                            format!("{rf}.inspect.dialect"),
+                            format!("unknown dialect `{}`", i.dialect.value),
+                        );
+                    }
+                    if i.body_bytes_max == 0 || i.body_bytes_max > 64 * 1024 * 1024 {
+                        self.err(
+                            i.dialect.line.max(r.upstream.line),
+                            format!("{rf}.inspect.body_bytes_max"),
+                            "must be between 1 and 67108864",
+                        );
+                    }
+                }
+                if let Some(p) = &r.pii {
+                    if c.pii.is_none() && p.enabled {
+                        self.err(
+                            r.upstream.line,
+                            format!("{rf}.pii"),
+                            "route enables PII but there is no top-level `pii:` engine",
+                        );
+                    }
+                }
                 if r.timeouts.first_byte_ms == 0 || r.timeouts.idle_ms == 0 {
                     self.err(
                         r.upstream.line,
@@ -631,6 +835,35 @@ impl Validator<'_> {
                         "first_byte_ms and idle_ms must be > 0",
                     );
                 }
+            }
+        }
+        if c.caller.sources.contains(&CallerSource::Static) && c.caller.static_name.is_none() {
+            self.err(0, "caller.static_name", "required when caller.sources lists `static`");
+        }
+        if c.telemetry.caller_labels_max == 0 || c.telemetry.model_labels_max == 0 {
+            self.err(0, "telemetry", "caller_labels_max and model_labels_max must be > 0");
+        }
+        if let Some(f) = &c.pricing.file {
+            if let Err(e) = load_pricing_file(&f.value) {
+                self.err(f.line, "pricing.file", e);
+            }
+        }
+        for (m, p) in &c.pricing.models {
+            if !(p.input_usd_per_mtok >= 0.0 && p.output_usd_per_mtok >= 0.0)
+                || p.cached_input_usd_per_mtok.is_some_and(|x| x.is_nan() || x < 0.0)
+            {
+                self.err(0, format!("pricing.models.{m}"), "prices must be >= 0");
+            }
+        }
+        if let Some(p) = &c.pii {
+            // The real key is read when the snapshot is built; a stand-in checks the rest.
+            let built = if p.hash_key.is_some() {
+                crate::pii::Engine::with_hash_key(p, &[0u8; 32])
+            } else {
+                crate::pii::Engine::new(p)
+            };
+            if let Err(e) = built {
+                self.err(0, "pii", e.to_string());
             }
         }
         for (name, u) in &c.upstreams {
@@ -685,6 +918,17 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// Read a pricing file. Errors name the file and line.
+pub fn load_pricing_file(path: &str) -> Result<BTreeMap<String, Price>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("`{path}`: {e}"))?;
+    serde_saphyr::from_str::<PricingFile>(&text)
+        .map(|f| f.models)
+        .map_err(|e| {
+            let line = e.location().map(|l| l.line()).unwrap_or(0);
+            format!("{path}:{line}: {}", first_line(&e.to_string()))
+        })
 }
 
 /// Split `host:port` (IPv6 as `[::1]:443`). The port is required: an implicit port is a

@@ -41,6 +41,7 @@ use super::error::ProxyError;
 use super::io::Io;
 use super::upstream::{self, UpConn};
 use crate::error::{write_openai_error, Classify};
+use crate::filter::{self, Chain, ExchangeCtx, GenAiRecord, Reject};
 use crate::http1::{self, BodyDecoder, BodyKind, CodecError, RequestHead, ResponseHead, Version};
 use crate::snapshot::{HostRewrite, ListenerRt, RouteRt, Snapshot, UpstreamRt};
 use crate::telemetry::{AccessFields, Outcome, RequestRecord, NONE_IDX};
@@ -251,17 +252,32 @@ impl<'a> Exchange<'a> {
                         keep_client: keep,
                     },
                     access,
+                    None,
                 );
                 return (keep && res.is_ok(), true, rbuf, wbuf);
             }
         };
         let up = &self.snap.upstreams[route.upstream];
+        let mut ctx = route.chain.as_ref().map(|_| {
+            ExchangeCtx::new(filter::caller_of(&self.snap.config.caller, &head, self.peer))
+        });
+        let fx = match (route.chain.as_deref(), ctx.as_mut()) {
+            (Some(c), Some(x)) => Some((c, x)),
+            _ => None,
+        };
         let (done, rbuf, wbuf) = self
-            .proxy(client, &head, route, up, &request_id, rbuf, wbuf)
+            .proxy(client, &head, route, up, &request_id, fx, rbuf, wbuf)
             .await;
+        let gen_ai = match (route.chain.as_deref(), ctx.as_mut()) {
+            (Some(c), Some(x)) => {
+                let aborted = matches!(done.outcome, Outcome::DownstreamAbort | Outcome::UpstreamAbort);
+                c.on_complete(x, self.started, aborted).await
+            }
+            _ => None,
+        };
         let keep = done.keep_client;
         let local = done.outcome == Outcome::LocalReply;
-        self.record(ridx as u16, route.upstream as u16, done, access);
+        self.record(ridx as u16, route.upstream as u16, done, access, gen_ai);
         (keep, local, rbuf, wbuf)
     }
 
@@ -304,6 +320,7 @@ impl<'a> Exchange<'a> {
         route: &RouteRt,
         up: &Arc<UpstreamRt>,
         request_id: &str,
+        mut fx: Option<(&Chain, &mut ExchangeCtx)>,
         mut rbuf: Vec<u8>,
         mut wbuf: Vec<u8>,
     ) -> (Done, Vec<u8>, Vec<u8>) {
@@ -313,6 +330,14 @@ impl<'a> Exchange<'a> {
         let mut bytes_in = 0u64;
         let mut overhead = Duration::ZERO;
         let t_head = Instant::now();
+
+        // Phase 1: request head filters.
+        if let Some((chain, ctx)) = fx.as_mut() {
+            if let Err(r) = chain.on_request_head(ctx, head).await {
+                let (d, wbuf) = self.reject(client, head, r, wbuf, rbuf.is_empty(), t_head).await;
+                return (d, rbuf, wbuf);
+            }
+        }
 
         // Connect (or take a pooled connection) before telling the client to send its body:
         // a 100 Continue for a request we cannot forward would waste the client's upload.
@@ -339,35 +364,88 @@ impl<'a> Exchange<'a> {
             }
         }
 
-        // Forward the request head and the body bytes already read.
         wbuf.clear();
         let ep = &up.endpoints[conn.key.endpoint];
-        write_upstream_head(
-            &mut wbuf,
-            head,
-            up,
-            ep.authority.as_str(),
-            self.peer,
-            request_id,
-        );
         let mut decoder = BodyDecoder::new(head.body_kind());
-        let first = match decoder.advance(&rbuf, |_| {}) {
-            Ok(p) => p,
-            Err(e) => {
-                self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
-                let (d, wbuf) = self
-                    .local_error(client, head, ProxyError::BadRequest(e), wbuf, false, t_head)
-                    .await;
-                return (d, rbuf, wbuf);
-            }
+        let body_done;
+
+        // Phases 2-3: a filter that needs the body gets it whole (bounded), before anything
+        // is forwarded; otherwise the body streams through as it arrives.
+        let wants_body = match fx.as_ref() {
+            Some((chain, ctx)) => chain.wants_request_body(ctx, head),
+            None => false,
         };
-        bytes_in += first.consumed as u64;
-        // Head and the body bytes that came with it go out in one write. The copy is bounded
-        // by what one read brought in, and it makes the request replayable on a stale
-        // pooled connection when it is complete.
-        wbuf.extend_from_slice(&rbuf[..first.consumed]);
-        rbuf.drain(..first.consumed);
-        let replayable = first.done;
+        if let (true, Some((chain, ctx))) = (wants_body, fx.as_mut()) {
+            let r = self
+                .read_request_body(client, &mut rbuf, &mut decoder, chain.body_bytes_max, route)
+                .await;
+            match r {
+                Ok(Buffered::Whole(mut body, raw_len)) => {
+                    bytes_in += raw_len as u64;
+                    match chain.on_request_body(ctx, head, &mut body).await {
+                        Ok(changed) => {
+                            let framing = BodyFraming::Length {
+                                len: body.len(),
+                                drop_encoding: changed,
+                            };
+                            write_upstream_head(
+                                &mut wbuf, head, up, &ep.authority, self.peer, request_id, framing,
+                            );
+                            wbuf.extend_from_slice(&body);
+                            body_done = true;
+                        }
+                        Err(r) => {
+                            self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
+                            let (d, wbuf) = self.reject(client, head, r, wbuf, true, t_head).await;
+                            return (d, rbuf, wbuf);
+                        }
+                    }
+                }
+                Ok(Buffered::OverLimit(raw)) => {
+                    if let Err(r) = chain.on_body_over_limit(ctx) {
+                        self.w.pools.borrow_mut().discard(conn);
+                        let (d, wbuf) = self.reject(client, head, r, wbuf, false, t_head).await;
+                        return (d, rbuf, wbuf);
+                    }
+                    bytes_in += raw.len() as u64;
+                    write_upstream_head(
+                        &mut wbuf, head, up, &ep.authority, self.peer, request_id, BodyFraming::AsReceived,
+                    );
+                    wbuf.extend_from_slice(&raw);
+                    body_done = decoder.is_done();
+                }
+                Err(e) => {
+                    self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
+                    if matches!(e, ProxyError::ClientClosed) {
+                        return (self.client_gone(bytes_in, t_head), rbuf, wbuf);
+                    }
+                    let (d, wbuf) = self.local_error(client, head, e, wbuf, false, t_head).await;
+                    return (d, rbuf, wbuf);
+                }
+            }
+        } else {
+            write_upstream_head(
+                &mut wbuf, head, up, &ep.authority, self.peer, request_id, BodyFraming::AsReceived,
+            );
+            let first = match decoder.advance(&rbuf, |_| {}) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
+                    let (d, wbuf) = self
+                        .local_error(client, head, ProxyError::BadRequest(e), wbuf, false, t_head)
+                        .await;
+                    return (d, rbuf, wbuf);
+                }
+            };
+            bytes_in += first.consumed as u64;
+            // Head and the body bytes that came with it go out in one write. The copy is
+            // bounded by what one read brought in, and it makes the request replayable on a
+            // stale pooled connection when it is complete.
+            wbuf.extend_from_slice(&rbuf[..first.consumed]);
+            rbuf.drain(..first.consumed);
+            body_done = first.done;
+        }
+        let replayable = body_done;
 
         // Send; retry once on a fresh connection if a reused one is dead before any response.
         let mut attempt = 0;
@@ -400,7 +478,7 @@ impl<'a> Exchange<'a> {
                 overhead += t_before_send.duration_since(t_head);
             }
             // Stream the rest of the request body, if any.
-            if !first.done && attempt == 1 {
+            if !body_done && attempt == 1 {
                 let r = self
                     .stream_request_body(client, &mut conn, &mut decoder, rbuf, route, up)
                     .await;
@@ -452,288 +530,313 @@ impl<'a> Exchange<'a> {
         };
         let (rhead, rconsumed) = resp;
         let t_first_byte = Instant::now();
-        let t_resp_head = t_first_byte;
-
-        // Response head to the client, at once.
-        let kind = rhead.body_kind(head.method());
-        let rechunk = matches!(kind, BodyKind::CloseDelimited) && head.version() == Version::Http11;
-        let keep_client = client_keep
-            && (!matches!(kind, BodyKind::CloseDelimited) || rechunk)
-            && !self.w.is_draining();
-        let upstream_reusable =
-            rhead.keep_alive() && !rhead.must_close() && !matches!(kind, BodyKind::CloseDelimited);
-        wbuf.clear();
-        write_client_head(
-            &mut wbuf,
-            &rhead,
-            head.version(),
-            keep_client,
-            rechunk,
-            kind,
-        );
         ubuf.drain(..rconsumed);
+
+        // Phase 4: response head filters; may switch the body into rewrite mode.
+        let mut rewrite = match fx.as_mut() {
+            Some((chain, ctx)) => chain.on_response_head(ctx, &rhead).await,
+            None => false,
+        };
+        if rewrite && head.version() == Version::Http10 {
+            // No chunked framing towards an HTTP/1.0 client: forward unchanged instead.
+            rewrite = false;
+        }
+        let inspecting = fx.as_ref().is_some_and(|(_, ctx)| ctx.usage.is_some());
+
+        // Response head to the client, at once, before any body byte.
+        let kind = rhead.body_kind(head.method());
+        let out_mode = if rewrite && !matches!(kind, BodyKind::Empty) {
+            OutMode::Rewrite
+        } else if matches!(kind, BodyKind::CloseDelimited) && head.version() == Version::Http11 {
+            OutMode::Rechunk
+        } else {
+            OutMode::Raw
+        };
+        let chunked_out = matches!(out_mode, OutMode::Rewrite | OutMode::Rechunk);
+        let keep_client = client_keep
+            && (!matches!(kind, BodyKind::CloseDelimited) || chunked_out)
+            && !self.w.is_draining();
+        let upstream_reusable = rhead.keep_alive()
+            && !rhead.must_close()
+            && !matches!(kind, BodyKind::CloseDelimited);
+        wbuf.clear();
+        write_client_head(&mut wbuf, &rhead, head.version(), keep_client, chunked_out, kind);
+        let t_resp_head = Instant::now();
+        let mut head_pending = true;
+
+        // Phases 5-6: forward every upstream read as soon as it arrives.
         let mut rdecoder = BodyDecoder::new(kind);
         let mut bytes_out = 0u64;
-        let p = match rdecoder.advance(&ubuf, |_| {}) {
-            Ok(p) => p,
-            Err(e) => {
-                self.w.pools.borrow_mut().discard(conn);
-                let e = ProxyError::BadResponse(up.name.clone(), e);
-                let (d, wbuf) = self.local_error(client, head, e, wbuf, false, t_head).await;
-                return (d, rbuf, wbuf);
-            }
-        };
-        // Coalesce the first body bytes with the head when they came together.
-        if p.consumed <= COALESCE_BYTES_MAX {
-            if rechunk {
-                http1::write_chunk(&mut wbuf, &ubuf[..p.consumed]);
-            } else {
-                wbuf.extend_from_slice(&ubuf[..p.consumed]);
-            }
-            bytes_out += p.consumed as u64;
-            ubuf.drain(..p.consumed);
-        }
-        let mut body_done = p.done;
-        if body_done && rechunk {
-            http1::write_last_chunk(&mut wbuf);
-        }
-        let (res, b) = client.write_all(wbuf).await;
-        wbuf = b;
-        overhead += t_resp_head.elapsed();
-        if res.is_err() {
-            self.w.pools.borrow_mut().discard(conn);
-            let mut d = self.client_gone(bytes_in, t_head);
-            d.status = rhead.status();
-            d.upstream_first_byte = Some(t_first_byte);
-            d.overhead = overhead;
-            return (d, rbuf, wbuf);
-        }
-        if !ubuf.is_empty() && !body_done {
-            // The first bytes were too many to coalesce: forward them as they are.
-            let p2 = match rdecoder.advance(&ubuf, |_| {}) {
-                Ok(p) => p,
-                Err(e) => {
-                    self.w.pools.borrow_mut().discard(conn);
-                    client.set_reset_on_close();
-                    return (
-                        self.aborted(
-                            rhead.status(),
-                            bytes_in,
-                            bytes_out,
-                            t_head,
-                            t_first_byte,
-                            overhead,
-                            ProxyError::BadResponse(up.name.clone(), e),
-                        ),
-                        rbuf,
-                        wbuf,
-                    );
-                }
-            };
-            let (res, b) = if rechunk {
-                wbuf.clear();
-                http1::write_chunk(&mut wbuf, &ubuf[..p2.consumed]);
-                let (r, b) = client.write_all(wbuf).await;
-                wbuf = b;
-                (r, std::mem::take(&mut ubuf))
-            } else {
-                client
-                    .write_range(std::mem::take(&mut ubuf), 0, p2.consumed)
-                    .await
-            };
-            ubuf = b;
-            bytes_out += p2.consumed as u64;
-            ubuf.drain(..p2.consumed);
-            body_done = p2.done;
-            if res.is_err() {
-                self.w.pools.borrow_mut().discard(conn);
-                let mut d = self.client_gone(bytes_in, t_head);
-                d.status = rhead.status();
-                return (d, rbuf, wbuf);
-            }
-        }
-
-        // Stream the rest of the body, one write per upstream read.
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
+        let mut scratch: Vec<u8> = Vec::new();
+        let idle = Duration::from_millis(route.body_idle_timeout_ms);
         let mut upstream_clean = true;
-        if !body_done {
-            let idle = Duration::from_millis(route.body_idle_timeout_ms);
-            loop {
-                ubuf.clear();
-                let read = conn.io.read_append(ubuf);
-                let r = match total_deadline {
-                    Some(d) => {
-                        match monoio::time::timeout_at(d, monoio::time::timeout(idle, read)).await {
-                            Ok(r) => r.map_err(|_| {
-                                ProxyError::UpstreamBodyTimeout(
-                                    up.name.clone(),
-                                    route.body_idle_timeout_ms,
-                                )
-                            }),
-                            Err(_) => Err(ProxyError::TotalTimeout(route.total_timeout_ms)),
-                        }
-                    }
-                    None => monoio::time::timeout(idle, read).await.map_err(|_| {
-                        ProxyError::UpstreamBodyTimeout(up.name.clone(), route.body_idle_timeout_ms)
-                    }),
-                };
-                let (res, b) = match r {
-                    Ok(x) => x,
+        let mut eof = false;
+        let fail = |e: ProxyError, client: &mut Io| {
+            client.set_reset_on_close();
+            e
+        };
+        let outcome: Result<(), ProxyError> = loop {
+            // 1. Frame what is in ubuf.
+            ranges.clear();
+            let base = ubuf.as_ptr() as usize;
+            let p = if eof {
+                match rdecoder.on_eof() {
+                    Ok(()) => http1::Progress { consumed: 0, done: true },
                     Err(e) => {
-                        // The read future (and its buffer) is gone with the timeout.
-                        self.w.pools.borrow_mut().discard(conn);
-                        client.set_reset_on_close();
-                        return (
-                            self.aborted(
-                                rhead.status(),
-                                bytes_in,
-                                bytes_out,
-                                t_head,
-                                t_first_byte,
-                                overhead,
-                                e,
-                            ),
-                            rbuf,
-                            wbuf,
-                        );
-                    }
-                };
-                ubuf = b;
-                let n = match res {
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.w.pools.borrow_mut().discard(conn);
-                        client.set_reset_on_close();
-                        let e = ProxyError::UpstreamAborted(up.name.clone(), e.to_string());
-                        return (
-                            self.aborted(
-                                rhead.status(),
-                                bytes_in,
-                                bytes_out,
-                                t_head,
-                                t_first_byte,
-                                overhead,
-                                e,
-                            ),
-                            rbuf,
-                            wbuf,
-                        );
-                    }
-                };
-                if n == 0 {
-                    match rdecoder.on_eof() {
-                        Ok(()) => {
-                            // Close-delimited body complete.
-                            upstream_clean = false;
-                            if rechunk {
-                                wbuf.clear();
-                                http1::write_last_chunk(&mut wbuf);
-                                let (res, b) = client.write_all(wbuf).await;
-                                wbuf = b;
-                                if res.is_err() {
-                                    self.w.pools.borrow_mut().discard(conn);
-                                    let mut d = self.client_gone(bytes_in, t_head);
-                                    d.status = rhead.status();
-                                    return (d, rbuf, wbuf);
-                                }
-                            }
-                            break;
-                        }
-                        Err(e) => {
-                            self.w.pools.borrow_mut().discard(conn);
-                            client.set_reset_on_close();
-                            let e = ProxyError::UpstreamAborted(up.name.clone(), e.to_string());
-                            return (
-                                self.aborted(
-                                    rhead.status(),
-                                    bytes_in,
-                                    bytes_out,
-                                    t_head,
-                                    t_first_byte,
-                                    overhead,
-                                    e,
-                                ),
-                                rbuf,
-                                wbuf,
-                            );
-                        }
+                        break Err(fail(
+                            ProxyError::UpstreamAborted(up.name.clone(), e.to_string()),
+                            client,
+                        ))
                     }
                 }
-                let p = match rdecoder.advance(&ubuf, |_| {}) {
+            } else {
+                match rdecoder.advance(&ubuf, |d| {
+                    let s = d.as_ptr() as usize - base;
+                    ranges.push((s, s + d.len()));
+                }) {
                     Ok(p) => p,
-                    Err(e) => {
-                        self.w.pools.borrow_mut().discard(conn);
-                        client.set_reset_on_close();
-                        let e = ProxyError::BadResponse(up.name.clone(), e);
-                        return (
-                            self.aborted(
-                                rhead.status(),
-                                bytes_in,
-                                bytes_out,
-                                t_head,
-                                t_first_byte,
-                                overhead,
-                                e,
-                            ),
-                            rbuf,
-                            wbuf,
-                        );
-                    }
-                };
-                if p.consumed < ubuf.len() {
-                    // Bytes after the end of the response: the upstream broke framing.
-                    upstream_clean = false;
+                    Err(e) => break Err(fail(ProxyError::BadResponse(up.name.clone(), e), client)),
                 }
-                let res;
-                if rechunk {
-                    wbuf.clear();
-                    http1::write_chunk(&mut wbuf, &ubuf[..p.consumed]);
+            };
+            if p.consumed < ubuf.len() {
+                // Bytes after the end of the response: the upstream broke framing.
+                upstream_clean = false;
+            }
+            // 2. Write: head (if pending) + body, in as few writes as possible.
+            let res = match out_mode {
+                OutMode::Raw => {
+                    if head_pending && p.consumed <= COALESCE_BYTES_MAX {
+                        wbuf.extend_from_slice(&ubuf[..p.consumed]);
+                        let (r, b) = client.write_all(wbuf).await;
+                        wbuf = b;
+                        r
+                    } else {
+                        if head_pending {
+                            let (r, b) = client.write_all(wbuf).await;
+                            wbuf = b;
+                            if r.is_err() {
+                                break Err(ProxyError::ClientClosed);
+                            }
+                        }
+                        let (r, b) = client.write_range(ubuf, 0, p.consumed).await;
+                        ubuf = b;
+                        r
+                    }
+                }
+                OutMode::Rechunk | OutMode::Rewrite => {
+                    if !head_pending {
+                        wbuf.clear();
+                    }
+                    scratch.clear();
+                    if matches!(out_mode, OutMode::Rewrite) {
+                        if let Some((chain, ctx)) = fx.as_mut() {
+                            let mut dec = std::mem::take(&mut scratch);
+                            let mut out = Vec::new();
+                            for &(s, e) in &ranges {
+                                dec.extend_from_slice(&ubuf[s..e]);
+                            }
+                            // Inspection sees the upstream's bytes (it needs the usage chunk
+                            // that the rewrite strips).
+                            chain.on_response_data(ctx, &dec).await;
+                            chain.rewrite_response_data(ctx, &dec, &mut out).await;
+                            if p.done {
+                                chain.finish_response_rewrite(ctx, &mut out).await;
+                            }
+                            http1::write_chunk(&mut wbuf, &out);
+                            scratch = dec;
+                        }
+                    } else {
+                        for &(s, e) in &ranges {
+                            http1::write_chunk(&mut wbuf, &ubuf[s..e]);
+                        }
+                    }
                     if p.done {
                         http1::write_last_chunk(&mut wbuf);
                     }
-                    let (r, b) = client.write_all(wbuf).await;
-                    wbuf = b;
-                    res = r;
-                } else {
-                    let (r, b) = client.write_range(ubuf, 0, p.consumed).await;
-                    ubuf = b;
-                    res = r;
+                    if wbuf.is_empty() {
+                        Ok(())
+                    } else {
+                        let (r, b) = client.write_all(wbuf).await;
+                        wbuf = b;
+                        r
+                    }
                 }
-                bytes_out += p.consumed as u64;
-                if res.is_err() {
-                    // Client gone mid-stream: cancel the upstream exchange by dropping it.
-                    self.w.pools.borrow_mut().discard(conn);
-                    let mut d = self.client_gone(bytes_in, t_head);
-                    d.status = rhead.status();
-                    d.bytes_out = bytes_out;
-                    d.upstream_first_byte = Some(t_first_byte);
-                    d.overhead = overhead;
-                    return (d, rbuf, wbuf);
-                }
-                if p.done {
-                    break;
+            };
+            if head_pending {
+                overhead += t_resp_head.duration_since(t_first_byte);
+                head_pending = false;
+            }
+            bytes_out += p.consumed as u64;
+            if res.is_err() {
+                break Err(ProxyError::ClientClosed);
+            }
+            // 3. Inspect what was just forwarded (never before: a token is not delayed).
+            if inspecting && !matches!(out_mode, OutMode::Rewrite) {
+                if let Some((chain, ctx)) = fx.as_mut() {
+                    for &(s, e) in &ranges {
+                        chain.on_response_data(ctx, &ubuf[s..e]).await;
+                    }
                 }
             }
-        } else if !ubuf.is_empty() {
-            upstream_clean = false;
-        }
+            if p.done {
+                if eof {
+                    upstream_clean = false;
+                }
+                break Ok(());
+            }
+            // 4. Read more.
+            ubuf.clear();
+            let read = conn.io.read_append(ubuf);
+            let r = match total_deadline {
+                Some(d) => match monoio::time::timeout_at(d, monoio::time::timeout(idle, read)).await {
+                    Ok(r) => r.map_err(|_| {
+                        ProxyError::UpstreamBodyTimeout(up.name.clone(), route.body_idle_timeout_ms)
+                    }),
+                    Err(_) => Err(ProxyError::TotalTimeout(route.total_timeout_ms)),
+                },
+                None => monoio::time::timeout(idle, read).await.map_err(|_| {
+                    ProxyError::UpstreamBodyTimeout(up.name.clone(), route.body_idle_timeout_ms)
+                }),
+            };
+            let (res, b) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // The read future (and its buffer) went with the timeout.
+                    ubuf = Vec::new();
+                    break Err(fail(e, client));
+                }
+            };
+            ubuf = b;
+            match res {
+                Ok(0) => eof = true,
+                Ok(_) => {}
+                Err(e) => {
+                    break Err(fail(
+                        ProxyError::UpstreamAborted(up.name.clone(), e.to_string()),
+                        client,
+                    ))
+                }
+            }
+        };
+        let _ = ubuf;
 
-        if upstream_reusable && upstream_clean && rdecoder.is_done() {
-            self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
-        } else {
-            self.w.pools.borrow_mut().discard(conn);
+        let mut d = Done {
+            status: rhead.status(),
+            outcome: Outcome::Complete,
+            error: None,
+            bytes_in,
+            bytes_out,
+            upstream_first_byte: Some(t_first_byte),
+            overhead,
+            keep_client,
+        };
+        match outcome {
+            Ok(()) => {
+                if upstream_reusable && upstream_clean && rdecoder.is_done() {
+                    self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
+                } else {
+                    self.w.pools.borrow_mut().discard(conn);
+                }
+            }
+            Err(e) => {
+                // Either side cut the exchange: the upstream connection is dropped (which
+                // cancels the upstream request), never pooled.
+                self.w.pools.borrow_mut().discard(conn);
+                d.keep_client = false;
+                d.outcome = if matches!(e, ProxyError::ClientClosed) {
+                    Outcome::DownstreamAbort
+                } else {
+                    log_error(&e, &self.l.name, self.peer);
+                    Outcome::UpstreamAbort
+                };
+                d.error = Some(e);
+            }
         }
+        (d, rbuf, wbuf)
+    }
+
+    /// Read a whole request body for the filters, bounded by `limit` decoded bytes.
+    async fn read_request_body(
+        &self,
+        client: &mut Io,
+        rbuf: &mut Vec<u8>,
+        decoder: &mut BodyDecoder,
+        limit: usize,
+        route: &RouteRt,
+    ) -> Result<Buffered, ProxyError> {
+        let idle = Duration::from_millis(route.body_idle_timeout_ms);
+        let mut body = Vec::new();
+        let mut raw_len = 0usize;
+        let mut raw_kept: Vec<u8> = Vec::new();
+        loop {
+            let mut over = false;
+            let p = decoder.advance(rbuf, |d| {
+                if body.len() + d.len() > limit {
+                    over = true;
+                } else {
+                    body.extend_from_slice(d);
+                }
+            })?;
+            raw_kept.extend_from_slice(&rbuf[..p.consumed]);
+            raw_len += p.consumed;
+            rbuf.drain(..p.consumed);
+            if over {
+                // Forward what was read as it came; the rest streams after it.
+                return Ok(Buffered::OverLimit(raw_kept));
+            }
+            if p.done {
+                return Ok(Buffered::Whole(body, raw_len));
+            }
+            let buf = std::mem::take(rbuf);
+            let (res, b) = match monoio::time::timeout(idle, client.read_append(buf)).await {
+                Ok(r) => r,
+                Err(_) => return Err(ProxyError::ClientBodyTimeout(route.body_idle_timeout_ms)),
+            };
+            *rbuf = b;
+            match res {
+                Ok(0) | Err(_) => return Err(ProxyError::ClientClosed),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Answer a filter's refusal.
+    async fn reject(
+        &self,
+        client: &mut Io,
+        head: &RequestHead,
+        r: Reject,
+        mut wbuf: Vec<u8>,
+        may_keep: bool,
+        t_head: Instant,
+    ) -> (Done, Vec<u8>) {
+        let keep = may_keep && head.keep_alive() && !self.w.is_draining();
+        wbuf.clear();
+        let mut body = Vec::with_capacity(160);
+        write_openai_error(&mut body, r.status, r.code, &r.message);
+        http1::write_status_line(&mut wbuf, r.status, "", Version::Http11);
+        http1::write_header(&mut wbuf, "content-type", b"application/json");
+        http1::write_header(&mut wbuf, "content-length", body.len().to_string().as_bytes());
+        http1::write_header(&mut wbuf, "x-sluice-error", r.code.as_bytes());
+        if !keep {
+            http1::write_header(&mut wbuf, "connection", b"close");
+        }
+        http1::finish_head(&mut wbuf);
+        wbuf.extend_from_slice(&body);
+        let (res, wbuf) = client.write_all(wbuf).await;
+        tracing::info!(listener = %self.l.name, peer = %self.peer, code = r.code, status = r.status, "request refused by a filter");
         (
             Done {
-                status: rhead.status(),
-                outcome: Outcome::Complete,
+                status: r.status,
+                outcome: Outcome::LocalReply,
                 error: None,
-                bytes_in,
-                bytes_out,
-                upstream_first_byte: Some(t_first_byte),
-                overhead,
-                keep_client,
+                bytes_in: 0,
+                bytes_out: 0,
+                upstream_first_byte: None,
+                overhead: t_head.elapsed(),
+                keep_client: keep && res.is_ok(),
             },
-            rbuf,
             wbuf,
         )
     }
@@ -890,32 +993,14 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn aborted(
+    fn record(
         &self,
-        status: u16,
-        bytes_in: u64,
-        bytes_out: u64,
-        t_head: Instant,
-        first: Instant,
-        overhead: Duration,
-        e: ProxyError,
-    ) -> Done {
-        let _ = t_head;
-        log_error(&e, &self.l.name, self.peer);
-        Done {
-            status,
-            outcome: Outcome::UpstreamAbort,
-            error: Some(e),
-            bytes_in,
-            bytes_out,
-            upstream_first_byte: Some(first),
-            overhead,
-            keep_client: false,
-        }
-    }
-
-    fn record(&self, route: u16, upstream: u16, d: Done, access: Option<Box<AccessFields>>) {
+        route: u16,
+        upstream: u16,
+        d: Done,
+        access: Option<Box<AccessFields>>,
+        gen_ai: Option<Box<GenAiRecord>>,
+    ) {
         let (code, side) = match &d.error {
             Some(e) => (e.code(), e.side().as_str()),
             None => ("", ""),
@@ -939,6 +1024,7 @@ impl<'a> Exchange<'a> {
             bytes_in: d.bytes_in,
             bytes_out: d.bytes_out,
             access,
+            gen_ai,
         };
         let full = {
             let mut t = self.w.telemetry.borrow_mut();
@@ -996,6 +1082,7 @@ fn record_local(
         bytes_in: 0,
         bytes_out: 0,
         access: None,
+        gen_ai: None,
     };
     w.telemetry.borrow_mut().push(r);
 }
@@ -1050,6 +1137,35 @@ fn is_connection_token(head_tokens: &[&str], name: &str) -> bool {
 /// The request head as the upstream sees it: origin-form target, hop-by-hop headers and those
 /// named in `Connection` removed, `Expect` answered by us, Host per `host_rewrite`,
 /// `X-Forwarded-For` appended, `X-Request-Id` set, `Via` appended, framing kept.
+/// How the forwarded request body is framed.
+#[derive(Clone, Copy)]
+enum BodyFraming {
+    /// As the client sent it (Content-Length or chunked, forwarded verbatim).
+    AsReceived,
+    /// A buffered body of `len` bytes; `drop_encoding` when a filter decoded or rewrote it.
+    Length { len: usize, drop_encoding: bool },
+}
+
+/// A request body read for the filters.
+enum Buffered {
+    /// The whole decoded body, and how many wire bytes it took.
+    Whole(Vec<u8>, usize),
+    /// Over the limit: the raw wire bytes read so far (to forward as they are).
+    OverLimit(Vec<u8>),
+}
+
+/// How response body bytes are written to the client.
+#[derive(Clone, Copy)]
+enum OutMode {
+    /// The upstream's wire bytes, verbatim.
+    Raw,
+    /// Decoded and re-framed as chunked (close-delimited responses to HTTP/1.1 clients).
+    Rechunk,
+    /// Decoded, passed through the filters' rewrite, re-framed as chunked.
+    Rewrite,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn write_upstream_head(
     out: &mut Vec<u8>,
     head: &RequestHead,
@@ -1057,6 +1173,7 @@ fn write_upstream_head(
     authority: &str,
     peer: SocketAddr,
     request_id: &str,
+    framing: BodyFraming,
 ) {
     http1::write_request_line(out, head.method_str(), head.path(), Version::Http11);
     let tokens: Vec<&str> = head.connection_tokens().collect();
@@ -1077,6 +1194,13 @@ fn write_upstream_head(
         }
         if name.eq_ignore_ascii_case("expect") {
             continue;
+        }
+        if let BodyFraming::Length { drop_encoding, .. } = framing {
+            if name.eq_ignore_ascii_case("content-length")
+                || (drop_encoding && name.eq_ignore_ascii_case("content-encoding"))
+            {
+                continue;
+            }
         }
         if name.eq_ignore_ascii_case("host") {
             if host_value.is_none() {
@@ -1117,8 +1241,15 @@ fn write_upstream_head(
     if !rid_seen {
         http1::write_header(out, "x-request-id", request_id.as_bytes());
     }
-    if matches!(head.body_kind(), BodyKind::Chunked) {
-        http1::write_header(out, "transfer-encoding", b"chunked");
+    match framing {
+        BodyFraming::AsReceived => {
+            if matches!(head.body_kind(), BodyKind::Chunked) {
+                http1::write_header(out, "transfer-encoding", b"chunked");
+            }
+        }
+        BodyFraming::Length { len, .. } => {
+            http1::write_header(out, "content-length", len.to_string().as_bytes());
+        }
     }
     http1::finish_head(out);
 }

@@ -1,0 +1,443 @@
+//! The filter chain: what sluice does *to* model traffic, in a fixed set of phases.
+//!
+//! Owns: the per-route [`Chain`] (built once per snapshot, shared read-only) and the
+//! per-exchange [`ExchangeCtx`] (owned by the exchange, on its worker).
+//!
+//! Phases, in order, each an `async fn` with one contract (pingora's phases, but async so a
+//! filter may await — e.g. a rate limiter waiting on a lease — without blocking the worker):
+//!
+//! 1. [`Chain::on_request_head`]: may reject. Sets the caller identity.
+//! 2. [`Chain::wants_request_body`]: whether the body must be read (bounded by
+//!    `body_bytes_max`) before anything is forwarded. Only then is a body buffered.
+//! 3. [`Chain::on_request_body`]: may rewrite the body (PII redaction, usage injection) or
+//!    reject it (PII `block`, which fails closed on a body it cannot parse).
+//! 4. [`Chain::on_response_head`]: prepares response inspection; returns whether the response
+//!    body must be rewritten (only when sluice changed the request so that the response must be
+//!    changed back: the injected usage chunk is stripped).
+//! 5. [`Chain::on_response_data`]: sees each decoded body slice *after* it was forwarded, so
+//!    inspection never delays a token.
+//! 6. [`Chain::rewrite_response_data`]: only in rewrite mode; produces the bytes to forward.
+//! 7. [`Chain::on_complete`]: final accounting into a [`GenAiRecord`] for the telemetry thread.
+//!
+//! Why an enum and not `dyn Filter`: the set is closed and known; enum dispatch costs a branch,
+//! needs no boxing, and lets each phase be an ordinary `async fn`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sha2::Digest;
+
+use crate::config::{CallerConfig, CallerSource, IncludeUsage, OverLimit};
+use crate::http1::{RequestHead, ResponseHead};
+use crate::inspect::{self, Dialect, RequestFacts, UsageAccumulator, UsageChunkStripper};
+use crate::pii::{self, AuditFinding, Engine, RequestOutcome};
+
+/// A refusal by a filter: answered with this status and an OpenAI-shaped error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Reject {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub struct InspectFilter {
+    /// `None`: detect by path.
+    pub dialect: Option<Dialect>,
+    pub include_usage: IncludeUsage,
+}
+
+pub struct PiiFilter {
+    pub engine: Arc<Engine>,
+}
+
+/// The filters a route runs, in order.
+pub enum Filter {
+    Pii(PiiFilter),
+    Inspect(InspectFilter),
+}
+
+pub struct Chain {
+    pub filters: Vec<Filter>,
+    /// Bound on a request body read for inspection.
+    pub body_bytes_max: usize,
+    pub over_limit: OverLimit,
+    /// True when a PII filter may block: then an uninspectable body is refused, never passed.
+    pub fails_closed: bool,
+}
+
+/// What the chain learned and decided during one exchange.
+pub struct ExchangeCtx {
+    pub caller: Arc<str>,
+    pub dialect: Option<Dialect>,
+    pub facts: Option<RequestFacts>,
+    pub usage: Option<UsageAccumulator>,
+    pub stripper: Option<UsageChunkStripper>,
+    pub injected_usage: bool,
+    pub body_uninspected: bool,
+    pub pii_findings: Vec<AuditFinding>,
+    pub first_content_at: Option<Instant>,
+    pub last_content_at: Option<Instant>,
+    pub content_events: u64,
+    pub streaming: bool,
+}
+
+impl ExchangeCtx {
+    pub fn new(caller: Arc<str>) -> Self {
+        ExchangeCtx {
+            caller,
+            dialect: None,
+            facts: None,
+            usage: None,
+            stripper: None,
+            injected_usage: false,
+            body_uninspected: false,
+            pii_findings: Vec::new(),
+            first_content_at: None,
+            last_content_at: None,
+            content_events: 0,
+            streaming: false,
+        }
+    }
+}
+
+/// What the chain hands to telemetry for one model call (boxed in the request record).
+#[derive(Debug, Clone, Default)]
+pub struct GenAiRecord {
+    pub caller: Arc<str>,
+    pub provider: &'static str,
+    pub operation: &'static str,
+    pub request_model: Option<String>,
+    pub response_model: Option<String>,
+    pub stream: bool,
+    pub max_tokens: Option<u64>,
+    pub usage: Option<inspect::Usage>,
+    pub malformed_events: u32,
+    pub uninspected: bool,
+    pub aborted: bool,
+    pub ttft_us: Option<u64>,
+    /// Mean time per output token after the first, for streams.
+    pub tpot_us: Option<u64>,
+    pub pii: Vec<(Arc<str>, &'static str, &'static str)>,
+}
+
+/// Identify the caller, per `caller.sources` in order.
+pub fn caller_of(cfg: &CallerConfig, head: &RequestHead, peer: std::net::SocketAddr) -> Arc<str> {
+    for s in &cfg.sources {
+        match s {
+            CallerSource::Header => {
+                if let Some(v) = head.header(&cfg.header) {
+                    if let Ok(v) = std::str::from_utf8(v) {
+                        let v = v.trim();
+                        if !v.is_empty() && v.len() <= 128 {
+                            return Arc::from(v);
+                        }
+                    }
+                }
+            }
+            CallerSource::ApiKeyHash => {
+                let key = head
+                    .header("authorization")
+                    .map(|v| v.strip_prefix(b"Bearer ").unwrap_or(v))
+                    .or_else(|| head.header("x-api-key"));
+                if let Some(k) = key {
+                    let d = sha2::Sha256::digest(k);
+                    let mut s = String::with_capacity(16);
+                    s.push_str("key:");
+                    for b in &d[..6] {
+                        s.push_str(&format!("{b:02x}"));
+                    }
+                    return Arc::from(s);
+                }
+            }
+            CallerSource::SourceAddress => return Arc::from(peer.ip().to_string()),
+            CallerSource::Static => {
+                if let Some(n) = &cfg.static_name {
+                    return Arc::from(n.as_str());
+                }
+            }
+        }
+    }
+    Arc::from(cfg.fallback.as_str())
+}
+
+fn operation_of(d: Option<Dialect>) -> &'static str {
+    match d {
+        Some(Dialect::OpenAiEmbeddings) => "embeddings",
+        Some(Dialect::OpenAiCompletions) | Some(Dialect::Tgi) => "text_completion",
+        Some(Dialect::OpenAiResponses) => "chat",
+        Some(_) => "chat",
+        None => "unknown",
+    }
+}
+
+fn provider_of(d: Option<Dialect>) -> &'static str {
+    match d {
+        Some(Dialect::Anthropic) => "anthropic",
+        Some(Dialect::Tgi) => "tgi",
+        Some(Dialect::Ollama) => "ollama",
+        Some(_) => "openai",
+        None => "unknown",
+    }
+}
+
+impl Chain {
+    fn inspect(&self) -> Option<&InspectFilter> {
+        self.filters.iter().find_map(|f| match f {
+            Filter::Inspect(i) => Some(i),
+            _ => None,
+        })
+    }
+
+    /// Phase 1.
+    pub async fn on_request_head(
+        &self,
+        ctx: &mut ExchangeCtx,
+        head: &RequestHead,
+    ) -> Result<(), Reject> {
+        if let Some(i) = self.inspect() {
+            ctx.dialect = Dialect::resolve(i.dialect, head.method_str(), head.path());
+        }
+        Ok(())
+    }
+
+    /// Phase 2: whether the request body must be read before forwarding.
+    pub fn wants_request_body(&self, ctx: &ExchangeCtx, head: &RequestHead) -> bool {
+        if matches!(head.body_kind(), crate::http1::BodyKind::Empty) {
+            return false;
+        }
+        self.filters.iter().any(|f| match f {
+            Filter::Pii(p) => p.engine.enabled(),
+            Filter::Inspect(_) => ctx.dialect.is_some(),
+        })
+    }
+
+    /// The body exceeded `body_bytes_max`: `Ok` = forward it uninspected.
+    pub fn on_body_over_limit(&self, ctx: &mut ExchangeCtx) -> Result<(), Reject> {
+        if self.fails_closed || self.over_limit == OverLimit::Reject {
+            return Err(Reject {
+                status: 413,
+                code: "request_too_large_to_inspect",
+                message: format!(
+                    "request body exceeds the inspection limit of {} bytes",
+                    self.body_bytes_max
+                ),
+            });
+        }
+        ctx.body_uninspected = true;
+        Ok(())
+    }
+
+    /// Phase 3. `body` is the whole decoded request body; it may be replaced. Returns whether
+    /// it changed (the caller then re-frames it with a new Content-Length and drops
+    /// Content-Encoding).
+    pub async fn on_request_body(
+        &self,
+        ctx: &mut ExchangeCtx,
+        head: &RequestHead,
+        body: &mut Vec<u8>,
+    ) -> Result<bool, Reject> {
+        let mut changed = false;
+        let encoding = head
+            .header("content-encoding")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("identity"));
+        for f in &self.filters {
+            match f {
+                Filter::Pii(p) => {
+                    if !p.engine.enabled() {
+                        continue;
+                    }
+                    let enc = if changed { None } else { encoding };
+                    match pii::redact_request(&p.engine, body, enc) {
+                        Ok(RequestOutcome::Unchanged { findings }) => {
+                            ctx.pii_findings.extend(findings)
+                        }
+                        Ok(RequestOutcome::Rewritten { body: b, findings }) => {
+                            ctx.pii_findings.extend(findings);
+                            *body = b;
+                            changed = true;
+                        }
+                        Ok(RequestOutcome::Blocked { entities, findings }) => {
+                            ctx.pii_findings.extend(findings);
+                            let names: Vec<&str> = entities.iter().map(|e| &**e).collect();
+                            return Err(Reject {
+                                status: 400,
+                                code: "pii_blocked",
+                                message: format!(
+                                    "request blocked: it contains {}",
+                                    names.join(", ")
+                                ),
+                            });
+                        }
+                        Err(e) => {
+                            use crate::error::Classify;
+                            // Fail closed: a body the engine cannot read is never forwarded.
+                            return Err(Reject {
+                                status: e.status(),
+                                code: e.code(),
+                                message: format!("request refused by PII policy: {e}"),
+                            });
+                        }
+                    }
+                }
+                Filter::Inspect(i) => {
+                    let Some(d) = ctx.dialect else { continue };
+                    if encoding.is_some() && !changed {
+                        // Compressed and not decoded by a PII filter: leave it alone.
+                        ctx.body_uninspected = true;
+                        continue;
+                    }
+                    let opts = inspect::RequestOptions {
+                        path: head.path(),
+                        prompt_text_bytes_max: inspect::PROMPT_TEXT_BYTES_MAX,
+                    };
+                    match inspect::inspect_request_with(d, body, &opts) {
+                        Ok(facts) => {
+                            if i.include_usage == IncludeUsage::Inject
+                                && facts.stream
+                                && d.supports_include_usage()
+                                && facts.include_usage != Some(true)
+                            {
+                                if let Some(b) = inspect::inject_include_usage(body) {
+                                    *body = b;
+                                    changed = true;
+                                    ctx.injected_usage = true;
+                                }
+                            }
+                            ctx.facts = Some(facts);
+                        }
+                        Err(_) => {
+                            // Not JSON we understand: forwarded untouched, counted.
+                            ctx.body_uninspected = true;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Phase 4. Returns true when the response body must go through
+    /// [`Chain::rewrite_response_data`] instead of being forwarded verbatim.
+    pub async fn on_response_head(&self, ctx: &mut ExchangeCtx, r: &ResponseHead) -> bool {
+        let Some(d) = ctx.dialect else { return false };
+        if self.inspect().is_none() {
+            return false;
+        }
+        let ctype = r.header("content-type").unwrap_or(b"");
+        let streaming = starts_with_ci(ctype, b"text/event-stream")
+            || starts_with_ci(ctype, b"application/x-ndjson")
+            || (d == Dialect::Ollama && ctx.facts.as_ref().is_some_and(|f| f.stream));
+        ctx.streaming = streaming;
+        let mut acc = UsageAccumulator::new(d, streaming);
+        if let Some(f) = &ctx.facts {
+            acc = acc.with_request(f);
+        }
+        for (n, v) in r.headers() {
+            acc.on_response_header(n.as_bytes(), v);
+        }
+        ctx.usage = Some(acc);
+        if ctx.injected_usage && streaming && (200..300).contains(&r.status()) {
+            ctx.stripper = Some(UsageChunkStripper::new());
+            return true;
+        }
+        false
+    }
+
+    /// Phase 5: a decoded body slice that has already been forwarded.
+    pub async fn on_response_data(&self, ctx: &mut ExchangeCtx, data: &[u8]) {
+        let Some(acc) = ctx.usage.as_mut() else { return };
+        let sig = acc.on_body_bytes(data);
+        if sig.content_events > 0 {
+            let now = Instant::now();
+            if ctx.first_content_at.is_none() {
+                ctx.first_content_at = Some(now);
+            }
+            ctx.last_content_at = Some(now);
+            ctx.content_events += sig.content_events as u64;
+        }
+    }
+
+    /// Phase 6 (rewrite mode only): append the bytes to forward for `data` to `out`.
+    pub async fn rewrite_response_data(&self, ctx: &mut ExchangeCtx, data: &[u8], out: &mut Vec<u8>) {
+        match ctx.stripper.as_mut() {
+            Some(s) => s.feed(data, |fwd| match fwd {
+                inspect::Forward::Chunk(r) => out.extend_from_slice(&data[r]),
+                inspect::Forward::Held(b) => out.extend_from_slice(b),
+            }),
+            None => out.extend_from_slice(data),
+        }
+    }
+
+    /// End of a rewritten stream: bytes still held by the rewriter.
+    pub async fn finish_response_rewrite(&self, ctx: &mut ExchangeCtx, out: &mut Vec<u8>) {
+        if let Some(s) = ctx.stripper.as_mut() {
+            s.finish(|fwd| {
+                if let inspect::Forward::Held(b) = fwd {
+                    out.extend_from_slice(b)
+                }
+            });
+        }
+    }
+
+    /// Phase 7: the exchange is over (`aborted`: cut short by either side).
+    pub async fn on_complete(
+        &self,
+        ctx: &mut ExchangeCtx,
+        started: Instant,
+        aborted: bool,
+    ) -> Option<Box<GenAiRecord>> {
+        let pii: Vec<_> = ctx
+            .pii_findings
+            .iter()
+            .map(|f| (f.name.clone(), f.action.as_str(), f.direction.as_str()))
+            .collect();
+        if ctx.dialect.is_none() {
+            if pii.is_empty() {
+                return None;
+            }
+            return Some(Box::new(GenAiRecord {
+                caller: ctx.caller.clone(),
+                pii,
+                ..Default::default()
+            }));
+        }
+        let report = ctx.usage.as_mut().map(|a| a.finish(aborted));
+        let facts = ctx.facts.as_ref();
+        let ttft_us = ctx
+            .first_content_at
+            .map(|t| t.duration_since(started).as_micros() as u64);
+        let tpot_us = match (ctx.first_content_at, ctx.last_content_at, &report) {
+            (Some(a), Some(b), Some(r)) => {
+                let out = r.usage.as_ref().map(|u| u.output_tokens).unwrap_or(0);
+                (out > 1).then(|| b.duration_since(a).as_micros() as u64 / (out - 1))
+            }
+            _ => None,
+        };
+        Some(Box::new(GenAiRecord {
+            caller: ctx.caller.clone(),
+            provider: provider_of(ctx.dialect),
+            operation: operation_of(ctx.dialect),
+            request_model: facts.and_then(|f| f.model.clone()),
+            response_model: report
+                .as_ref()
+                .and_then(|r| r.usage.as_ref())
+                .and_then(|u| u.response_model.clone()),
+            stream: ctx.streaming,
+            max_tokens: facts.and_then(|f| f.max_tokens),
+            usage: report.as_ref().and_then(|r| r.usage.clone()),
+            malformed_events: report.as_ref().map(|r| r.malformed_events).unwrap_or(0),
+            uninspected: ctx.body_uninspected || report.as_ref().is_some_and(|r| r.uninspected),
+            aborted,
+            ttft_us: if ctx.streaming { ttft_us } else { None },
+            tpot_us: if ctx.streaming { tpot_us } else { None },
+            pii,
+        }))
+    }
+}
+
+fn starts_with_ci(v: &[u8], prefix: &[u8]) -> bool {
+    v.len() >= prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
