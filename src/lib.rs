@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod http1;
 pub mod inspect;
+pub mod otel;
 pub mod pii;
 pub mod proxy;
 pub mod server;
