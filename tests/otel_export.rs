@@ -456,3 +456,184 @@ fn peer_closed_idle_connection_is_reopened_without_losing_the_batch() {
     assert_eq!(reqs.load(Ordering::SeqCst), 3);
     assert_eq!(conns.load(Ordering::SeqCst), 3);
 }
+
+// ---- Grafana dashboard ---------------------------------------------------------------------
+
+/// The only metric series the dashboard may query (what the proxy exports).
+const DASHBOARD_METRICS: &[&str] = &[
+    "gen_ai_client_token_usage_sum",
+    "gen_ai_client_token_usage_count",
+    "gen_ai_client_token_usage_bucket",
+    "sluice_gen_ai_tokens_total",
+    "sluice_gen_ai_cost_usd_total",
+    "gen_ai_server_time_to_first_token_seconds_bucket",
+    "gen_ai_server_time_per_output_token_seconds_bucket",
+    "sluice_requests_total",
+    "sluice_overhead_seconds_bucket",
+    "sluice_streams_aborted_total",
+];
+
+/// PromQL words that are not metric names.
+const PROMQL_WORDS: &[&str] = &[
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "count",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "rate",
+    "irate",
+    "increase",
+    "histogram_quantile",
+    "clamp_min",
+    "topk",
+    "label_values",
+];
+
+/// Metric names referenced by a PromQL expression: identifiers outside strings, label matchers
+/// (`{..}`), ranges (`[..]`) and `by`/`without` label lists, minus PromQL words.
+fn promql_metric_names(expr: &str) -> Vec<String> {
+    let b = expr.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut skip_next_group = false;
+    while i < b.len() {
+        let c = b[i];
+        let close = match c {
+            b'{' => Some(b'}'),
+            b'[' => Some(b']'),
+            b'(' if skip_next_group => Some(b')'),
+            _ => None,
+        };
+        if let Some(close) = close {
+            skip_next_group = false;
+            let mut in_str = false;
+            i += 1;
+            while i < b.len() && (in_str || b[i] != close) {
+                if b[i] == b'"' {
+                    in_str = !in_str;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if c == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += 1;
+            }
+            i += 1;
+        } else if c.is_ascii_digit() {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == b'_' || c == b':' {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':') {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            if word == "by" || word == "without" {
+                skip_next_group = true;
+            } else if !PROMQL_WORDS.contains(&word) {
+                out.push(word.to_owned());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn promql_metric_name_extraction() {
+    assert_eq!(
+        promql_metric_names(
+            r#"histogram_quantile(0.99, sum by (le, caller) (rate(a_bucket{x=~"b{c}|d"}[5m]))) / 2 * c_total"#
+        ),
+        ["a_bucket", "c_total"]
+    );
+}
+
+#[test]
+fn grafana_dashboard_is_valid_and_uses_only_known_metrics() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/sluice-dashboard.json");
+    let text = std::fs::read_to_string(&path).expect("dashboard file");
+    let d: Value = serde_json::from_str(&text).expect("dashboard is valid JSON");
+    assert!(d["schemaVersion"].as_u64().is_some_and(|v| v >= 36));
+    assert!(d["title"].is_string() && d["uid"].is_string());
+
+    let vars = d["templating"]["list"].as_array().expect("templating.list");
+    let var = |name: &str| {
+        vars.iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("template variable {name}"))
+    };
+    assert_eq!(var("datasource")["type"], "datasource");
+    assert_eq!(var("datasource")["query"], "prometheus");
+    let mut exprs: Vec<String> = Vec::new();
+    for name in ["caller", "model"] {
+        let v = var(name);
+        assert_eq!(v["type"], "query");
+        assert_eq!(v["datasource"]["uid"], "${datasource}");
+        let def = v["definition"].as_str().expect("definition");
+        // label_values(metric, label): the metric must be known.
+        let metric = def
+            .strip_prefix("label_values(")
+            .and_then(|r| r.split(',').next())
+            .expect("label_values(metric, label)");
+        assert!(DASHBOARD_METRICS.contains(&metric.trim()), "{def}");
+    }
+
+    let panels = d["panels"].as_array().expect("panels");
+    let mut ids = std::collections::HashSet::new();
+    for p in panels {
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "duplicate id"
+        );
+        assert!(p["gridPos"]["w"].is_u64() && p["gridPos"]["h"].is_u64());
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{} has no query", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr").to_owned();
+            let names = promql_metric_names(&expr);
+            assert!(!names.is_empty(), "no metric in {expr}");
+            for n in &names {
+                assert!(
+                    DASHBOARD_METRICS.contains(&n.as_str()),
+                    "panel {} uses unknown metric {n}: {expr}",
+                    p["title"]
+                );
+            }
+            exprs.push(expr);
+        }
+    }
+    // Every required view is there.
+    let all = exprs.join("\n");
+    for needle in [
+        "sum by (caller, gen_ai_token_type) (rate(gen_ai_client_token_usage_sum",
+        "sum by (gen_ai_request_model, gen_ai_token_type) (rate(gen_ai_client_token_usage_sum",
+        "sum by (caller) (rate(sluice_gen_ai_cost_usd_total",
+        "sum by (gen_ai_request_model) (rate(sluice_gen_ai_cost_usd_total",
+        "histogram_quantile(0.5, sum by (le) (rate(gen_ai_server_time_to_first_token_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le) (rate(gen_ai_server_time_to_first_token_seconds_bucket",
+        "histogram_quantile(0.5, sum by (le) (rate(gen_ai_server_time_per_output_token_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le, listener) (rate(sluice_overhead_seconds_bucket",
+        "sluice_requests_total{status=~\"5..|4..\"}",
+        "rate(sluice_streams_aborted_total",
+    ] {
+        assert!(all.contains(needle), "missing panel query: {needle}");
+    }
+}
