@@ -66,7 +66,7 @@ pub const ENDPOINT_DEFAULT: &str = "http://127.0.0.1:4318/v1/traces";
 /// Default `service.name` resource attribute.
 pub const SERVICE_NAME_DEFAULT: &str = "sluice";
 
-/// Upper bound accepted for `queue_spans_max` (about 150 MiB of queued spans at most).
+/// Upper bound accepted for `queue_spans_max` (about 130 MiB of queued spans plus strings).
 pub const QUEUE_SPANS_MAX_LIMIT: usize = 1 << 20;
 /// Upper bound accepted for `batch_spans_max`.
 pub const BATCH_SPANS_MAX_LIMIT: usize = 65_536;
@@ -112,7 +112,7 @@ fn default_export_timeout_ms() -> u64 {
     EXPORT_TIMEOUT_MS_DEFAULT
 }
 
-/// `telemetry.otel` configuration.
+/// Trace export configuration (its place in the sluice config is set by the integration).
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtelConfig {
