@@ -17,6 +17,8 @@
 //! * Bounded memory: at most `queue_spans_max` spans wait in the queue, plus one batch of at most
 //!   `batch_spans_max` being exported, plus its encoded body (capped at
 //!   [`EXPORT_BODY_MAX_BYTES`]). A span costs `size_of::<SpanRecord>()` plus its strings.
+//!   Spans travel boxed: the std bounded channel preallocates every slot, so the queue's fixed
+//!   cost is `queue_spans_max` pointers rather than `queue_spans_max` whole records.
 //! * Never retries forever: a batch that fails to export is dropped (counted in
 //!   `sluice_otel_export_failures_total` and as dropped spans); the only retry is one immediate
 //!   resend when a reused keep-alive connection turns out to be closed by the peer.
@@ -71,7 +73,7 @@ pub const QUEUE_SPANS_MAX_LIMIT: usize = 1 << 20;
 /// Upper bound accepted for `batch_spans_max`.
 pub const BATCH_SPANS_MAX_LIMIT: usize = 65_536;
 /// Upper bound accepted for `export_interval_ms` and `export_timeout_ms`.
-pub const EXPORT_MS_MAX_LIMIT: u64 = 600_000;
+pub const EXPORT_LIMIT_MS: u64 = 600_000;
 /// A batch whose encoding exceeds this is dropped instead of sent (collectors reject large
 /// bodies; the OpenTelemetry Collector's default limit is 20 MiB).
 pub const EXPORT_BODY_MAX_BYTES: usize = 16 << 20;
@@ -201,10 +203,8 @@ impl OtelConfig {
             ("export_interval_ms", self.export_interval_ms),
             ("export_timeout_ms", self.export_timeout_ms),
         ] {
-            if v == 0 || v > EXPORT_MS_MAX_LIMIT {
-                return Err(format!(
-                    "{field}: must be between 1 and {EXPORT_MS_MAX_LIMIT}"
-                ));
+            if v == 0 || v > EXPORT_LIMIT_MS {
+                return Err(format!("{field}: must be between 1 and {EXPORT_LIMIT_MS}"));
             }
         }
         for (name, value) in &self.headers {
@@ -266,9 +266,13 @@ impl Endpoint {
                 .ok_or("missing :port after [ipv6] host")?;
             (&r[..end], port)
         } else {
-            authority
+            let (host, port) = authority
                 .rsplit_once(':')
-                .ok_or("missing :port, e.g. http://host:4318/v1/traces")?
+                .ok_or("missing :port, e.g. http://host:4318/v1/traces")?;
+            if host.contains(':') {
+                return Err("an IPv6 host must be in brackets: http://[::1]:4318/path".into());
+            }
+            (host, port)
         };
         if host.is_empty()
             || !host

@@ -245,6 +245,7 @@ fn endpoint_parsing() {
         "http://user:pw@host:4318/v1/traces",
         "http://host:4318/v1 traces",
         "http://[::1/v1/traces",
+        "http://::1:4318/v1/traces",
         "ftp://host:21/x",
     ] {
         assert!(Endpoint::parse(bad).is_err(), "accepted {bad:?}");
