@@ -637,3 +637,96 @@ fn grafana_dashboard_is_valid_and_uses_only_known_metrics() {
         assert!(all.contains(needle), "missing panel query: {needle}");
     }
 }
+
+fn random_string(max_chars: usize) -> String {
+    const ALPHABET: &[char] = &[
+        'a', 'Z', '0', ' ', '"', '\\', '\n', 'é', '日', '🦀', '\u{0}',
+    ];
+    (0..fastrand::usize(..=max_chars))
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())])
+        .collect()
+}
+
+fn random_span() -> SpanRecord {
+    const KEYS: &[&str] = &[
+        "gen_ai.request.model",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.output_tokens",
+        "server.port",
+        "sluice.caller",
+        "sluice.ratio",
+        "sluice.flag",
+        "k",
+    ];
+    let attributes = KEYS
+        .iter()
+        .filter(|_| fastrand::bool())
+        .map(|&k| {
+            let v = match fastrand::u8(..4) {
+                0 => AttrValue::Str(random_string(if fastrand::u8(..8) == 0 { 300 } else { 12 })),
+                1 => AttrValue::Int(fastrand::i64(..)),
+                // Few significant digits: serde_json (without `float_roundtrip`) parses
+                // long decimals to a neighbouring double, which would be a false failure.
+                2 => AttrValue::F64(f64::from(fastrand::i16(..)) / 8.0),
+                _ => AttrValue::Bool(fastrand::bool()),
+            };
+            (k, v)
+        })
+        .collect();
+    SpanRecord {
+        trace_id: otel::new_trace_id(),
+        span_id: otel::new_span_id(),
+        parent_span_id: fastrand::bool().then(otel::new_span_id),
+        name: random_string(40),
+        kind_client: fastrand::bool(),
+        start_unix_ns: fastrand::u64(..),
+        end_unix_ns: fastrand::u64(..),
+        error: fastrand::bool().then(|| random_string(30)),
+        attributes,
+    }
+}
+
+#[test]
+fn random_spans_round_trip_through_the_official_decoder() {
+    let Some(rx) = receiver(&[]) else { return };
+    let mut c = cfg(format!("http://{}/v1/traces", rx.addr));
+    c.queue_spans_max = 1024;
+    c.batch_spans_max = 50;
+    let (tx, handle) = otel::start(&c);
+    let sent: Vec<SpanRecord> = (0..300).map(|_| random_span()).collect();
+    for s in &sent {
+        tx.try_send(s.clone());
+    }
+    handle.shutdown();
+    assert_eq!(tx.stats().exported, 300, "{:?}", tx.stats());
+    let got = read_spans(&rx.out, 300);
+    assert_eq!(got.len(), 300);
+    let by_id: std::collections::HashMap<&str, &Value> = got
+        .iter()
+        .map(|g| (g["span_id"].as_str().expect("span_id"), g))
+        .collect();
+    for s in &sent {
+        let g = by_id[otel::to_hex(&s.span_id).as_str()];
+        assert_eq!(g["trace_id"], otel::to_hex(&s.trace_id).as_str());
+        assert_eq!(
+            g["parent_span_id"],
+            s.parent_span_id
+                .map_or(Value::Null, |p| Value::from(otel::to_hex(&p)))
+        );
+        assert_eq!(g["name"], s.name.as_str());
+        assert_eq!(g["kind"], if s.kind_client { 3 } else { 2 });
+        assert_eq!(g["start_time_unix_nano"], s.start_unix_ns);
+        assert_eq!(g["end_time_unix_nano"], s.end_unix_ns);
+        let want: serde_json::Map<String, Value> = s
+            .attributes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json_attr(v)))
+            .collect();
+        assert_eq!(g["attributes"], Value::Object(want));
+        assert_eq!(g["has_status"], s.error.is_some());
+        if let Some(m) = &s.error {
+            assert_eq!(g["status"]["message"], m.as_str());
+            assert_eq!(g["status"]["code"], 2);
+        }
+    }
+}
