@@ -126,6 +126,7 @@ pub fn start(cfg: &OtelConfig) -> (OtelTx, OtelHandle) {
         rx,
         stop,
         stats,
+        queue_max: queue,
         batch_max: cfg.batch_spans_max,
         interval: Duration::from_millis(cfg.export_interval_ms.max(1)),
         timeout,
@@ -159,6 +160,7 @@ struct Exporter {
     rx: Receiver<Msg>,
     stop: Arc<AtomicBool>,
     stats: Arc<Stats>,
+    queue_max: usize,
     batch_max: usize,
     interval: Duration,
     timeout: Duration,
@@ -224,9 +226,13 @@ impl Exporter {
         }
         let mut left = batch.len() as u64;
         batch.clear();
-        while let Ok(m) = self.rx.try_recv() {
-            if let Msg::Span(_) = m {
-                left += 1;
+        // Count what is still queued; bounded so that producers still sending cannot keep the
+        // thread here (spans arriving after this are lost with the receiver, uncounted).
+        for _ in 0..self.queue_max {
+            match self.rx.try_recv() {
+                Ok(Msg::Span(_)) => left += 1,
+                Ok(Msg::Wake) => {}
+                Err(_) => break,
             }
         }
         if left > 0 {
