@@ -266,3 +266,12 @@ fn export_errors_are_classified() {
     assert_eq!(e.status(), 500);
     assert_eq!(ExportError::Timeout { timeout_ms: 5 }.status(), 504);
 }
+
+#[test]
+fn producer_handle_is_send_sync_clone() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<OtelTx>();
+    fn check_send<T: Send + 'static>() {}
+    check_send::<OtelHandle>();
+    check_send::<SpanRecord>();
+}
