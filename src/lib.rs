@@ -19,6 +19,7 @@ pub mod error;
 pub mod filter;
 pub mod http1;
 pub mod inspect;
+pub mod otel;
 pub mod pii;
 pub mod proxy;
 pub mod server;
