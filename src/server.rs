@@ -214,7 +214,13 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
         // turning the access log on later writes to stdout.
         Some(open_access_log("stdout")?)
     };
-    let (ttx, telemetry_thread) = telemetry::start(cfg.telemetry.queue_batches_max, access_log);
+    let otel = cfg.otel.enabled.then(|| crate::otel::start(&cfg.otel));
+    let (otel_tx, otel_handle) = match otel {
+        Some((tx, h)) => (Some(tx), Some(h)),
+        None => (None, None),
+    };
+    let (ttx, telemetry_thread) =
+        telemetry::start(cfg.telemetry.queue_batches_max, access_log, otel_tx);
 
     let workers = cfg.workers.resolve();
     let admin_addr: SocketAddr = cfg
@@ -331,6 +337,10 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
     );
     ttx.send_blocking(TelemetryMsg::Shutdown);
     let _ = telemetry_thread.join();
+    if let Some(h) = otel_handle {
+        // Bounded: flushes queued spans, then stops (see otel::OtelHandle::shutdown).
+        h.shutdown();
+    }
     Ok(())
 }
 

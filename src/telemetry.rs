@@ -168,13 +168,14 @@ impl LocalTelemetry {
 pub fn start(
     queue_batches_max: usize,
     access_log: Option<Box<dyn Write + Send>>,
+    otel: Option<crate::otel::OtelTx>,
 ) -> (TelemetryTx, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::sync_channel(queue_batches_max);
     let dropped = Arc::new(AtomicU64::new(0));
     let d2 = dropped.clone();
     let h = std::thread::Builder::new()
         .name("sluice-telemetry".into())
-        .spawn(move || run(rx, d2, access_log))
+        .spawn(move || run(rx, d2, access_log, otel))
         .expect("spawn telemetry thread");
     (TelemetryTx { tx, dropped }, h)
 }
@@ -251,6 +252,7 @@ fn run(
     rx: Receiver<TelemetryMsg>,
     dropped: Arc<AtomicU64>,
     mut access_log: Option<Box<dyn Write + Send>>,
+    otel: Option<crate::otel::OtelTx>,
 ) {
     let mut snapshots: HashMap<u64, Arc<Snapshot>> = HashMap::new();
     let mut gauges: HashMap<usize, WorkerGauges> = HashMap::new();
@@ -279,6 +281,11 @@ fn run(
                     handles.apply(s, r);
                     if let Some(g) = &r.gen_ai {
                         gen_ai.apply(s, r, g);
+                        if let (Some(tx), Some(t)) = (&otel, &g.trace) {
+                            if t.sampled && !g.provider.is_empty() {
+                                tx.try_send(span_of(s, r, g, t));
+                            }
+                        }
                     }
                     if let (Some(out), Some(a)) = (access_log.as_mut(), r.access.as_ref()) {
                         line.clear();
@@ -609,5 +616,69 @@ impl GenAiMetrics {
                 .increment(whole as u64);
             }
         }
+    }
+}
+
+/// One span per model call, with OpenTelemetry GenAI attributes.
+fn span_of(
+    s: &Snapshot,
+    r: &RequestRecord,
+    g: &crate::filter::GenAiRecord,
+    t: &crate::filter::TraceCtx,
+) -> crate::otel::SpanRecord {
+    use crate::otel::AttrValue::{Bool, Int, Str};
+    let model = g.request_model.as_deref().unwrap_or("unknown");
+    let mut attrs: Vec<(&'static str, crate::otel::AttrValue)> = vec![
+        ("gen_ai.operation.name", Str(g.operation.to_string())),
+        ("gen_ai.provider.name", Str(g.provider.to_string())),
+        ("gen_ai.request.model", Str(model.to_string())),
+        ("gen_ai.request.stream", Bool(g.stream)),
+        ("http.response.status_code", Int(r.status as i64)),
+        ("sluice.caller", Str(g.caller.to_string())),
+    ];
+    let n = names_for(s, r);
+    attrs.push(("sluice.upstream", Str(n.upstream.to_string())));
+    attrs.push(("sluice.route", Str(n.route.to_string())));
+    if let Some(u) = s.upstreams.get(r.upstream as usize) {
+        if let Some(ep) = u.endpoints.first() {
+            attrs.push(("server.address", Str(ep.host.clone())));
+            attrs.push(("server.port", Int(ep.port as i64)));
+        }
+    }
+    if let Some(m) = &g.response_model {
+        attrs.push(("gen_ai.response.model", Str(m.clone())));
+    }
+    if let Some(m) = g.max_tokens {
+        attrs.push(("gen_ai.request.max_tokens", Int(m as i64)));
+    }
+    if let Some(u) = &g.usage {
+        attrs.push(("gen_ai.usage.input_tokens", Int(u.input_tokens as i64)));
+        attrs.push(("gen_ai.usage.output_tokens", Int(u.output_tokens as i64)));
+        if u.estimated {
+            attrs.push(("sluice.usage.estimated", Bool(true)));
+        }
+    }
+    if let Some(ttft) = g.ttft_us {
+        attrs.push(("sluice.time_to_first_token_ms", crate::otel::AttrValue::F64(ttft as f64 / 1e3)));
+    }
+    let error = if g.aborted {
+        attrs.push(("error.type", Str(r.error_code.to_string())));
+        Some(format!("stream aborted ({})", r.outcome.as_str()))
+    } else if r.status >= 400 {
+        attrs.push(("error.type", Str(r.status.to_string())));
+        Some(format!("status {}", r.status))
+    } else {
+        None
+    };
+    crate::otel::SpanRecord {
+        trace_id: t.trace_id,
+        span_id: t.span_id,
+        parent_span_id: t.parent_span_id,
+        name: format!("{} {}", g.operation, model),
+        kind_client: true,
+        start_unix_ns: g.start_unix_ns,
+        end_unix_ns: g.end_unix_ns,
+        error,
+        attributes: attrs,
     }
 }

@@ -196,6 +196,9 @@ pub struct Config {
     /// The PII engine (entities, actions, dictionaries...). Routes opt in with `pii:`.
     #[serde(default)]
     pub pii: Option<crate::pii::PiiConfig>,
+    /// OpenTelemetry traces: one span per model call, OTLP/HTTP. Restart to change.
+    #[serde(default)]
+    pub otel: crate::otel::OtelConfig,
 }
 
 /// Default header naming the calling service.
@@ -853,6 +856,11 @@ impl Validator<'_> {
                 || p.cached_input_usd_per_mtok.is_some_and(|x| x.is_nan() || x < 0.0)
             {
                 self.err(0, format!("pricing.models.{m}"), "prices must be >= 0");
+            }
+        }
+        if c.otel.enabled {
+            if let Err(e) = c.otel.validate() {
+                self.err(0, "otel", e);
             }
         }
         if let Some(p) = &c.pii {

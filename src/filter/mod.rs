@@ -67,8 +67,42 @@ pub struct Chain {
 }
 
 /// What the chain learned and decided during one exchange.
+/// W3C trace context of one model call: continued from the client's `traceparent`, or new.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceCtx {
+    pub trace_id: [u8; 16],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+impl TraceCtx {
+    pub fn from_request(head: &RequestHead) -> TraceCtx {
+        match head.header("traceparent").and_then(crate::otel::parse_traceparent) {
+            Some(tp) => TraceCtx {
+                trace_id: tp.trace_id,
+                parent_span_id: Some(tp.parent_id),
+                span_id: crate::otel::new_span_id(),
+                sampled: tp.sampled,
+            },
+            None => TraceCtx {
+                trace_id: crate::otel::new_trace_id(),
+                parent_span_id: None,
+                span_id: crate::otel::new_span_id(),
+                sampled: true,
+            },
+        }
+    }
+
+    /// The `traceparent` the upstream gets: same trace, our span as its parent.
+    pub fn header_value(&self) -> String {
+        crate::otel::format_traceparent(&self.trace_id, &self.span_id, self.sampled)
+    }
+}
+
 pub struct ExchangeCtx {
     pub caller: Arc<str>,
+    pub trace: Option<TraceCtx>,
     pub dialect: Option<Dialect>,
     pub facts: Option<RequestFacts>,
     pub usage: Option<UsageAccumulator>,
@@ -86,6 +120,7 @@ impl ExchangeCtx {
     pub fn new(caller: Arc<str>) -> Self {
         ExchangeCtx {
             caller,
+            trace: None,
             dialect: None,
             facts: None,
             usage: None,
@@ -119,6 +154,9 @@ pub struct GenAiRecord {
     /// Mean time per output token after the first, for streams.
     pub tpot_us: Option<u64>,
     pub pii: Vec<(Arc<str>, &'static str, &'static str)>,
+    pub trace: Option<TraceCtx>,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
 }
 
 /// Identify the caller, per `caller.sources` in order.
@@ -405,6 +443,11 @@ impl Chain {
             }));
         }
         let report = ctx.usage.as_mut().map(|a| a.finish(aborted));
+        let now_unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let elapsed_ns = started.elapsed().as_nanos() as u64;
         let facts = ctx.facts.as_ref();
         let ttft_us = ctx
             .first_content_at
@@ -434,6 +477,9 @@ impl Chain {
             ttft_us: if ctx.streaming { ttft_us } else { None },
             tpot_us: if ctx.streaming { tpot_us } else { None },
             pii,
+            trace: ctx.trace,
+            start_unix_ns: now_unix_ns.saturating_sub(elapsed_ns),
+            end_unix_ns: now_unix_ns,
         }))
     }
 }

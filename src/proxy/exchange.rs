@@ -259,7 +259,12 @@ impl<'a> Exchange<'a> {
         };
         let up = &self.snap.upstreams[route.upstream];
         let mut ctx = route.chain.as_ref().map(|_| {
-            ExchangeCtx::new(filter::caller_of(&self.snap.config.caller, &head, self.peer))
+            let mut c =
+                ExchangeCtx::new(filter::caller_of(&self.snap.config.caller, &head, self.peer));
+            if self.snap.config.otel.enabled {
+                c.trace = Some(filter::TraceCtx::from_request(&head));
+            }
+            c
         });
         let fx = match (route.chain.as_deref(), ctx.as_mut()) {
             (Some(c), Some(x)) => Some((c, x)),
@@ -366,6 +371,10 @@ impl<'a> Exchange<'a> {
 
         wbuf.clear();
         let ep = &up.endpoints[conn.key.endpoint];
+        let traceparent = fx
+            .as_ref()
+            .and_then(|(_, ctx)| ctx.trace.as_ref())
+            .map(|t| t.header_value());
         let mut decoder = BodyDecoder::new(head.body_kind());
         let body_done;
 
@@ -390,6 +399,7 @@ impl<'a> Exchange<'a> {
                             };
                             write_upstream_head(
                                 &mut wbuf, head, up, &ep.authority, self.peer, request_id, framing,
+                                traceparent.as_deref(),
                             );
                             wbuf.extend_from_slice(&body);
                             body_done = true;
@@ -409,8 +419,9 @@ impl<'a> Exchange<'a> {
                     }
                     bytes_in += raw.len() as u64;
                     write_upstream_head(
-                        &mut wbuf, head, up, &ep.authority, self.peer, request_id, BodyFraming::AsReceived,
-                    );
+                &mut wbuf, head, up, &ep.authority, self.peer, request_id, BodyFraming::AsReceived,
+                traceparent.as_deref(),
+            );
                     wbuf.extend_from_slice(&raw);
                     body_done = decoder.is_done();
                 }
@@ -426,6 +437,7 @@ impl<'a> Exchange<'a> {
         } else {
             write_upstream_head(
                 &mut wbuf, head, up, &ep.authority, self.peer, request_id, BodyFraming::AsReceived,
+                traceparent.as_deref(),
             );
             let first = match decoder.advance(&rbuf, |_| {}) {
                 Ok(p) => p,
@@ -1174,6 +1186,7 @@ fn write_upstream_head(
     peer: SocketAddr,
     request_id: &str,
     framing: BodyFraming,
+    traceparent: Option<&str>,
 ) {
     http1::write_request_line(out, head.method_str(), head.path(), Version::Http11);
     let tokens: Vec<&str> = head.connection_tokens().collect();
@@ -1193,6 +1206,11 @@ fn write_upstream_head(
             continue;
         }
         if name.eq_ignore_ascii_case("expect") {
+            continue;
+        }
+        if traceparent.is_some()
+            && (name.eq_ignore_ascii_case("traceparent") || name.eq_ignore_ascii_case("tracestate"))
+        {
             continue;
         }
         if let BodyFraming::Length { drop_encoding, .. } = framing {
@@ -1240,6 +1258,9 @@ fn write_upstream_head(
     }
     if !rid_seen {
         http1::write_header(out, "x-request-id", request_id.as_bytes());
+    }
+    if let Some(tp) = traceparent {
+        http1::write_header(out, "traceparent", tp.as_bytes());
     }
     match framing {
         BodyFraming::AsReceived => {
