@@ -6,8 +6,10 @@
 //! targets, interleaved rounds and the JSON/SVG report; [`report`] `docs/benchmarks.md`;
 //! [`sys`] `/proc` accounting, CPU affinity and resource limits.
 
+pub mod compare;
 pub mod http1;
 pub mod mock;
 pub mod run;
 pub mod scenario;
+pub mod svg;
 pub mod sys;
