@@ -121,6 +121,78 @@ pub struct TargetDef {
     pub requires: Vec<PathBuf>,
 }
 
+/// Expands `${VAR}` and `${VAR:-default}` (defaults may nest) from the environment.
+pub fn expand_env(s: &str) -> String {
+    expand_with(s, &|k| std::env::var(k).ok())
+}
+
+fn expand_with(s: &str, get: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let body = &rest[i + 2..];
+        // Find the matching close brace, allowing nested `${...}` in the default.
+        let mut depth = 1;
+        let mut end = None;
+        let bytes = body.as_bytes();
+        let mut j = 0;
+        while j < bytes.len() {
+            if bytes[j] == b'$' && bytes.get(j + 1) == Some(&b'{') {
+                depth += 1;
+                j += 2;
+                continue;
+            }
+            if bytes[j] == b'}' {
+                depth -= 1;
+                if depth == 0 {
+                    end = Some(j);
+                    break;
+                }
+            }
+            j += 1;
+        }
+        let Some(end) = end else {
+            out.push_str(&rest[i..]);
+            return out;
+        };
+        let inner = &body[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        match get(name).filter(|v| !v.is_empty()) {
+            Some(v) => out.push_str(&v),
+            None => out.push_str(&expand_with(default.unwrap_or(""), get)),
+        }
+        rest = &body[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+impl CompareConfig {
+    /// Expands environment references in addresses and paths (not in `start`: `sh` does that).
+    pub fn expand(&mut self) {
+        if let Some(m) = self.mock.as_mut() {
+            m.listen = expand_env(&m.listen);
+        }
+        for t in &mut self.targets {
+            t.url = expand_env(&t.url);
+            t.ready_url = t.ready_url.as_deref().map(expand_env);
+            t.pid_file = t
+                .pid_file
+                .as_ref()
+                .map(|p| PathBuf::from(expand_env(&p.to_string_lossy())));
+            t.requires = t
+                .requires
+                .iter()
+                .map(|p| PathBuf::from(expand_env(&p.to_string_lossy())))
+                .collect();
+        }
+    }
+}
+
 /// Loads a compare config file.
 pub fn load_config(path: &Path) -> Result<CompareConfig, CompareError> {
     let file = path.display().to_string();
@@ -129,7 +201,7 @@ pub fn load_config(path: &Path) -> Result<CompareConfig, CompareError> {
         source,
     })?;
     let de = serde_yaml_ng::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut cfg: CompareConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let (line, column) = inner.location().map_or((0, 0), |l| (l.line(), l.column()));
@@ -140,7 +212,9 @@ pub fn load_config(path: &Path) -> Result<CompareConfig, CompareError> {
             path,
             msg: inner.to_string(),
         }
-    })
+    })?;
+    cfg.expand();
+    Ok(cfg)
 }
 
 /// Everything `compare` needs beyond the config file.
@@ -929,6 +1003,16 @@ mod tests {
             e.contains("c.yaml:4:") && e.contains("startt") && e.contains("targets[0]"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn env_expansion() {
+        let get = |k: &str| (k == "A").then(|| "1".to_string());
+        assert_eq!(expand_with("x${A}y", &get), "x1y");
+        assert_eq!(expand_with("${B:-2}", &get), "2");
+        assert_eq!(expand_with("${B:-${A:-3}}/z", &get), "1/z");
+        assert_eq!(expand_with("${B:-${C:-3}}", &get), "3");
+        assert_eq!(expand_with("${open", &get), "${open");
     }
 
     #[test]
