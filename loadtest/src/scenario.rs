@@ -412,7 +412,10 @@ mod tests {
             stream: false,
         });
         let sc = parse(
-            &GOOD.replace("    body: '{}'", "    body_gen: {kind: pii_chat, bytes: 64}"),
+            &GOOD.replace(
+                "    body: '{}'",
+                "    body_gen: {kind: pii_chat, bytes: 64}",
+            ),
             "f",
         )
         .unwrap();
