@@ -857,7 +857,7 @@ pub fn compare(opts: &CompareOpts) -> Result<CompareReport, CompareError> {
         git_commit: git_commit(),
         machine: Machine {
             cpu_model: sys::cpu_model(),
-            nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            nproc: sys::nproc(),
             kernel: sys::kernel(),
         },
         layout: layout.join("; "),

@@ -9,6 +9,7 @@
 pub mod compare;
 pub mod http1;
 pub mod mock;
+pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod svg;

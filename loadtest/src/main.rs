@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use sluice_loadtest::{compare, mock, run, scenario, sys};
+use sluice_loadtest::{compare, mock, report, run, scenario, sys};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,6 +28,18 @@ enum Cmd {
     Run(RunArgs),
     /// Run one scenario against several targets, interleaved, and report overheads.
     Compare(CompareArgs),
+    /// Regenerate docs/benchmarks.md from compare JSON reports.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    /// Directory with compare JSON reports (and their SVG charts).
+    #[arg(long, default_value = "loadtest/results")]
+    results: PathBuf,
+    /// Markdown file to write.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -171,20 +183,24 @@ struct MockArgs {
 fn main() {
     let cli = Cli::parse();
     let res: anyhow::Result<()> = match cli.cmd {
-        Cmd::Mock(a) => mock::run(mock::MockConfig {
-            listen: a.listen,
-            workers: a.workers,
-            ttft_ms: a.ttft_ms,
-            itl_ms: a.itl_ms,
-            tokens: a.tokens.min(mock::dialect::MAX_TOKENS),
-            response_bytes: a.response_bytes,
-            tls_cert: a.tls_cert,
-            tls_key: a.tls_key,
-            record: a.record,
-        })
-        .map_err(Into::into),
+        Cmd::Mock(a) => {
+            sys::raise_nofile_limit();
+            mock::run(mock::MockConfig {
+                listen: a.listen,
+                workers: a.workers,
+                ttft_ms: a.ttft_ms,
+                itl_ms: a.itl_ms,
+                tokens: a.tokens.min(mock::dialect::MAX_TOKENS),
+                response_bytes: a.response_bytes,
+                tls_cert: a.tls_cert,
+                tls_key: a.tls_key,
+                record: a.record,
+            })
+            .map_err(Into::into)
+        }
         Cmd::Run(a) => cmd_run(a),
         Cmd::Compare(a) => cmd_compare(a),
+        Cmd::Report(a) => cmd_report(a),
     };
     if let Err(e) = res {
         eprintln!("sluice-loadtest: {e:#}");
@@ -423,5 +439,19 @@ fn cmd_compare(a: CompareArgs) -> anyhow::Result<()> {
         eprintln!("sluice-loadtest: {}", unsustained.join("; "));
         std::process::exit(3);
     }
+    Ok(())
+}
+
+fn cmd_report(a: ReportArgs) -> anyhow::Result<()> {
+    let reports = report::load_reports(&a.results)?;
+    let md_dir = a
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(md_dir).with_context(|| format!("creating {}", md_dir.display()))?;
+    let text = report::render(&reports, md_dir, &a.results);
+    std::fs::write(&a.out, text).with_context(|| format!("writing {}", a.out.display()))?;
+    println!("wrote {} ({} scenarios)", a.out.display(), reports.len());
     Ok(())
 }
