@@ -269,6 +269,9 @@ pub struct Machine {
     pub cpu_model: String,
     pub nproc: usize,
     pub kernel: String,
+    /// Load averages (1/5/15 min) when the compare started: other work on the machine.
+    #[serde(default)]
+    pub loadavg_at_start: Option<String>,
 }
 
 /// The whole compare report (one scenario).
@@ -627,6 +630,7 @@ fn measure_window<T>(
 /// Runs the comparison and writes `<out>` (JSON) and `<out stem>.svg`.
 pub fn compare(opts: &CompareOpts) -> Result<CompareReport, CompareError> {
     sys::raise_nofile_limit();
+    let loadavg_at_start = sys::loadavg();
     let sc_file = opts.scenario_path.display().to_string();
     let sc: Scenario = scenario::load(&opts.scenario_path)?;
     let base = opts.scenario_path.parent().unwrap_or(Path::new("."));
@@ -662,6 +666,8 @@ pub fn compare(opts: &CompareOpts) -> Result<CompareReport, CompareError> {
         .to_path_buf();
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| CompareError::Other(format!("{}: {e}", out_dir.display())))?;
+    // Start commands run in the config's directory: give them an absolute $OUT.
+    let out_dir = std::fs::canonicalize(&out_dir).unwrap_or(out_dir);
     if let Some(c) = &cfg.load_cpus {
         let list = sys::parse_cpu_list(c)
             .ok_or_else(|| CompareError::Other(format!("load_cpus: bad CPU list {c:?}")))?;
@@ -682,8 +688,7 @@ pub fn compare(opts: &CompareOpts) -> Result<CompareReport, CompareError> {
         let missing: Vec<String> = t
             .requires
             .iter()
-            .map(|p| resolve(&opts.config_dir, p))
-            .filter(|p| !p.exists())
+            .filter(|p| !resolve(&opts.config_dir, p).exists())
             .map(|p| p.display().to_string())
             .collect();
         let mut acc = Acc {
@@ -699,7 +704,11 @@ pub fn compare(opts: &CompareOpts) -> Result<CompareReport, CompareError> {
             cfg: None,
         };
         if !missing.is_empty() {
-            let note = format!("skipped: missing {}", missing.join(", "));
+            let note = format!(
+                "skipped: missing {} (relative to {})",
+                missing.join(", "),
+                opts.config_dir.display()
+            );
             eprintln!("compare: target {}: {note}", t.name);
             acc.skipped = Some(note);
             accs.push(acc);
@@ -800,9 +809,9 @@ pub fn compare(opts: &CompareOpts) -> Result<CompareReport, CompareError> {
         .iter()
         .find(|t| t.name == baseline)
         .and_then(|t| t.result.clone());
-    if let Some(b) = &base_res {
+    if let Some(b) = base_res.as_ref().filter(|b| b.latency_us.count > 0) {
         for t in targets.iter_mut() {
-            if let Some(r) = &t.result {
+            if let Some(r) = t.result.as_ref().filter(|r| r.latency_us.count > 0) {
                 let d = |x: u64, y: u64| x as i64 - y as i64;
                 t.overhead_us = Some(Overhead {
                     p50: d(r.latency_us.p50, b.latency_us.p50),
@@ -859,6 +868,7 @@ pub fn compare(opts: &CompareOpts) -> Result<CompareReport, CompareError> {
             cpu_model: sys::cpu_model(),
             nproc: sys::nproc(),
             kernel: sys::kernel(),
+            loadavg_at_start: Some(loadavg_at_start),
         },
         layout: layout.join("; "),
         rounds,

@@ -197,6 +197,12 @@ pub fn render(reports: &[CompareReport], md_dir: &Path, results_dir: &Path) -> S
             r.mode, r.rounds, r.baseline
         ));
         s.push_str(&format!("Command: `{}`\n\n", r.command));
+        if let Some(l) = &r.machine.loadavg_at_start {
+            s.push_str(&format!(
+                "Load average at start (1/5/15 min, {} CPUs): {l}.\n\n",
+                r.machine.nproc
+            ));
+        }
         if r.layout != first.layout {
             s.push_str(&format!("Core layout: {}\n\n", r.layout));
         }

@@ -184,6 +184,13 @@ pub fn nproc() -> usize {
     }
 }
 
+/// The 1, 5 and 15 minute load averages from `/proc/loadavg`.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Kernel release from `/proc/sys/kernel/osrelease`.
 pub fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")

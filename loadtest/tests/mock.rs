@@ -557,3 +557,36 @@ fn tls_serving() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["usage"]["completion_tokens"], 4);
 }
+
+#[test]
+fn expect_continue_and_non_stream_reset() {
+    let a = shared_mock();
+    let mut s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: m\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+            CHAT.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut buf = [0u8; 25];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(CHAT.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s, Instant::now()).unwrap().status, 200);
+
+    let err = post(
+        a,
+        "/v1/chat/completions",
+        &[("x-mock-reset-after", "0")],
+        CHAT,
+    )
+    .err()
+    .expect("non-streaming reset must not answer");
+    assert!(matches!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+    ));
+}
