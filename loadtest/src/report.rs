@@ -203,6 +203,12 @@ pub fn render(reports: &[CompareReport], md_dir: &Path, results_dir: &Path) -> S
                 r.machine.nproc
             ));
         }
+        if r.git_commit != first.git_commit || r.date_utc != first.date_utc {
+            s.push_str(&format!(
+                "Run {} at commit `{}`.\n\n",
+                r.date_utc, r.git_commit
+            ));
+        }
         if r.layout != first.layout {
             s.push_str(&format!("Core layout: {}\n\n", r.layout));
         }
