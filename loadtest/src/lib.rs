@@ -6,8 +6,11 @@
 //! targets, interleaved rounds and the JSON/SVG report; [`report`] `docs/benchmarks.md`;
 //! [`sys`] `/proc` accounting, CPU affinity and resource limits.
 
+pub mod compare;
 pub mod http1;
 pub mod mock;
+pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod svg;
 pub mod sys;

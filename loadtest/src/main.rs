@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use sluice_loadtest::{mock, run, scenario, sys};
+use sluice_loadtest::{compare, mock, report, run, scenario, sys};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,6 +26,66 @@ enum Cmd {
     Mock(MockArgs),
     /// Generate load against one target and report latency percentiles.
     Run(RunArgs),
+    /// Run one scenario against several targets, interleaved, and report overheads.
+    Compare(CompareArgs),
+    /// Regenerate docs/benchmarks.md from compare JSON reports.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    /// Directory with compare JSON reports (and their SVG charts).
+    #[arg(long, default_value = "loadtest/results")]
+    results: PathBuf,
+    /// Markdown file to write.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct CompareArgs {
+    /// Scenario file.
+    #[arg(long)]
+    scenario: PathBuf,
+    /// Compare config (YAML: mock, load_cpus, baseline, targets with start commands).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Extra target NAME=URL (repeatable; added after the config's targets).
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// Start command for a target NAME=CMD (run with `sh -c`).
+    #[arg(long = "start")]
+    starts: Vec<String>,
+    /// Pid file for a target NAME=FILE (the start command daemonizes, or measure a running process).
+    #[arg(long = "pid-file")]
+    pid_files: Vec<String>,
+    /// CPUs for a started target NAME=LIST (taskset -c).
+    #[arg(long = "cpus")]
+    cpus: Vec<String>,
+    /// Start the mock upstream on this address before the targets (e.g. 127.0.0.1:19090).
+    #[arg(long)]
+    start_mock: Option<String>,
+    /// CPUs for the mock started with --start-mock.
+    #[arg(long)]
+    mock_cpus: Option<String>,
+    /// Pin the load generator to these CPUs.
+    #[arg(long)]
+    load_cpus: Option<String>,
+    /// Target overheads are computed against (default: `direct`, else the first target).
+    #[arg(long)]
+    baseline: Option<String>,
+    /// Rounds per target (overrides the scenario).
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Measured time per round (overrides the scenario).
+    #[arg(long)]
+    duration: Option<String>,
+    /// Warm-up per round (overrides the scenario).
+    #[arg(long)]
+    warmup: Option<String>,
+    /// JSON report path; the SVG chart is written next to it.
+    #[arg(long, default_value = "loadtest/results/compare.json")]
+    out: PathBuf,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -123,19 +183,24 @@ struct MockArgs {
 fn main() {
     let cli = Cli::parse();
     let res: anyhow::Result<()> = match cli.cmd {
-        Cmd::Mock(a) => mock::run(mock::MockConfig {
-            listen: a.listen,
-            workers: a.workers,
-            ttft_ms: a.ttft_ms,
-            itl_ms: a.itl_ms,
-            tokens: a.tokens.min(mock::dialect::MAX_TOKENS),
-            response_bytes: a.response_bytes,
-            tls_cert: a.tls_cert,
-            tls_key: a.tls_key,
-            record: a.record,
-        })
-        .map_err(Into::into),
+        Cmd::Mock(a) => {
+            sys::raise_nofile_limit();
+            mock::run(mock::MockConfig {
+                listen: a.listen,
+                workers: a.workers,
+                ttft_ms: a.ttft_ms,
+                itl_ms: a.itl_ms,
+                tokens: a.tokens.min(mock::dialect::MAX_TOKENS),
+                response_bytes: a.response_bytes,
+                tls_cert: a.tls_cert,
+                tls_key: a.tls_key,
+                record: a.record,
+            })
+            .map_err(Into::into)
+        }
         Cmd::Run(a) => cmd_run(a),
+        Cmd::Compare(a) => cmd_compare(a),
+        Cmd::Report(a) => cmd_report(a),
     };
     if let Err(e) = res {
         eprintln!("sluice-loadtest: {e:#}");
@@ -270,5 +335,123 @@ fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
         );
         std::process::exit(3);
     }
+    Ok(())
+}
+
+fn cmd_compare(a: CompareArgs) -> anyhow::Result<()> {
+    let (mut config, config_dir) = match &a.config {
+        Some(p) => {
+            let c = compare::load_config(p)?;
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            (
+                c,
+                std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+            )
+        }
+        None => (compare::CompareConfig::default(), std::env::current_dir()?),
+    };
+    // Validates NAME=URL syntax; order is taken from the flags below.
+    compare::parse_named("--target", &a.targets)?;
+    let starts = compare::parse_named("--start", &a.starts)?;
+    let pids = compare::parse_named("--pid-file", &a.pid_files)?;
+    let cpus = compare::parse_named("--cpus", &a.cpus)?;
+    for (name, url) in &a
+        .targets
+        .iter()
+        .filter_map(|t| t.split_once('='))
+        .collect::<Vec<_>>()
+    {
+        config.targets.push(compare::TargetDef {
+            name: name.to_string(),
+            url: url.to_string(),
+            ..Default::default()
+        });
+    }
+    for (flag, map) in [
+        ("--start", &starts),
+        ("--pid-file", &pids),
+        ("--cpus", &cpus),
+    ] {
+        for (name, v) in map {
+            let Some(t) = config.targets.iter_mut().find(|t| &t.name == name) else {
+                bail!("{flag} {name}=...: no target named {name}");
+            };
+            match flag {
+                "--start" => t.start = Some(v.clone()),
+                "--pid-file" => t.pid_file = Some(PathBuf::from(v)),
+                _ => t.cpus = Some(v.clone()),
+            }
+        }
+    }
+    if let Some(l) = &a.start_mock {
+        config.mock = Some(compare::MockStart {
+            listen: l.clone(),
+            cpus: a.mock_cpus.clone(),
+            args: Vec::new(),
+        });
+    } else if let (Some(m), Some(c)) = (config.mock.as_mut(), &a.mock_cpus) {
+        m.cpus = Some(c.clone());
+    }
+    if a.load_cpus.is_some() {
+        config.load_cpus = a.load_cpus.clone();
+    }
+    if a.baseline.is_some() {
+        config.baseline = a.baseline.clone();
+    }
+    let dur = |s: &Option<String>, flag: &str| -> anyhow::Result<Option<std::time::Duration>> {
+        s.as_ref()
+            .map(|v| {
+                scenario::parse_duration(v).with_context(|| format!("{flag}: bad duration {v:?}"))
+            })
+            .transpose()
+    };
+    let opts = compare::CompareOpts {
+        scenario_path: a.scenario.clone(),
+        config,
+        config_dir,
+        rounds: a.rounds,
+        duration: dur(&a.duration, "--duration")?,
+        warmup: dur(&a.warmup, "--warmup")?,
+        out: a.out.clone(),
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = compare::compare(&opts)?;
+    print!("{}", compare::summary(&report));
+    println!(
+        "wrote {} and {}",
+        a.out.display(),
+        a.out.with_extension("svg").display()
+    );
+    let unsustained: Vec<String> = report
+        .targets
+        .iter()
+        .filter_map(|t| {
+            t.result
+                .as_ref()
+                .and_then(|r| r.note.clone())
+                .map(|n| format!("{}: {n}", t.name))
+        })
+        .collect();
+    if !unsustained.is_empty() {
+        eprintln!("sluice-loadtest: {}", unsustained.join("; "));
+        std::process::exit(3);
+    }
+    Ok(())
+}
+
+fn cmd_report(a: ReportArgs) -> anyhow::Result<()> {
+    let reports = report::load_reports(&a.results)?;
+    let md_dir = a
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(md_dir).with_context(|| format!("creating {}", md_dir.display()))?;
+    let text = report::render(&reports, md_dir, &a.results);
+    std::fs::write(&a.out, text).with_context(|| format!("writing {}", a.out.display()))?;
+    println!("wrote {} ({} scenarios)", a.out.display(), reports.len());
     Ok(())
 }

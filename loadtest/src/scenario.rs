@@ -91,19 +91,25 @@ fn default_weight() -> u32 {
     1
 }
 
-/// Generated bodies.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum BodyGen {
+/// Kinds of generated bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenKind {
     /// An OpenAI chat request whose user message is `bytes` long with planted PII (SSNs, card
     /// numbers, e-mail addresses).
-    PiiChat {
-        bytes: usize,
-        #[serde(default)]
-        model: Option<String>,
-        #[serde(default)]
-        stream: bool,
-    },
+    PiiChat,
+}
+
+/// A generated body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BodyGen {
+    pub kind: GenKind,
+    pub bytes: usize,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// Load shape.
@@ -296,16 +302,12 @@ impl Scenario {
 
 /// Builds a generated body.
 pub fn gen_body(g: &BodyGen) -> Vec<u8> {
-    match g {
-        BodyGen::PiiChat {
-            bytes,
-            model,
-            stream,
-        } => {
-            let text = pii_text((*bytes).min(MAX_GEN_BODY_BYTES));
+    match g.kind {
+        GenKind::PiiChat => {
+            let text = pii_text(g.bytes.min(MAX_GEN_BODY_BYTES));
             serde_json::to_vec(&serde_json::json!({
-                "model": model.as_deref().unwrap_or("gpt-4o-mini"),
-                "stream": stream,
+                "model": g.model.as_deref().unwrap_or("gpt-4o-mini"),
+                "stream": g.stream,
                 "messages": [
                     {"role": "system", "content": "You are a support assistant."},
                     {"role": "user", "content": text}
@@ -403,11 +405,22 @@ mod tests {
         assert!(t.contains("123-45-6789"));
         assert!(t.contains("4111 1111 1111 1111"));
         assert!(t.contains("jane.doe@example.com"));
-        let b = gen_body(&BodyGen::PiiChat {
+        let b = gen_body(&BodyGen {
+            kind: GenKind::PiiChat,
             bytes: 1000,
             model: None,
             stream: false,
         });
+        let sc = parse(
+            &GOOD.replace(
+                "    body: '{}'",
+                "    body_gen: {kind: pii_chat, bytes: 64}",
+            ),
+            "f",
+        )
+        .unwrap();
+        let specs = sc.request_specs(Path::new("."), "f").unwrap();
+        assert!(specs[0].body.len() > 64);
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["messages"][1]["content"].as_str().unwrap().len(), 1000);
     }

@@ -54,29 +54,40 @@ impl Resp {
 }
 
 fn read_response<R: Read>(s: &mut R, start: Instant) -> std::io::Result<Resp> {
-    let mut buf = Vec::new();
+    read_response_carry(s, &mut Vec::new(), start)
+}
+
+/// Reads one response; bytes after it (pipelined responses) are left in `carry`.
+fn read_response_carry<R: Read>(
+    s: &mut R,
+    carry: &mut Vec<u8>,
+    start: Instant,
+) -> std::io::Result<Resp> {
+    let mut buf = std::mem::take(carry);
     let mut tmp = [0u8; 8192];
     let (status, headers, head_len) = loop {
+        let mut hs = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut hs);
+        if !buf.is_empty() {
+            if let httparse::Status::Complete(len) = r.parse(&buf).unwrap() {
+                let headers = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                break (r.code.unwrap(), headers, len);
+            }
+        }
         let n = s.read(&mut tmp)?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         buf.extend_from_slice(&tmp[..n]);
-        let mut hs = [httparse::EMPTY_HEADER; 32];
-        let mut r = httparse::Response::new(&mut hs);
-        if let httparse::Status::Complete(len) = r.parse(&buf).unwrap() {
-            let headers = r
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect::<Vec<_>>();
-            break (r.code.unwrap(), headers, len);
-        }
     };
     let mut rest = buf.split_off(head_len);
     let chunked = headers
@@ -97,9 +108,10 @@ fn read_response<R: Read>(s: &mut R, start: Instant) -> std::io::Result<Resp> {
     if chunked {
         let mut dec = ChunkedDecoder::new();
         loop {
-            dec.feed(&rest, Some(&mut body)).unwrap();
+            let used = dec.feed(&rest, Some(&mut body)).unwrap();
             count_data(&body, &mut data_times);
             if dec.is_done() {
+                *carry = rest[used..].to_vec();
                 break;
             }
             let n = s.read(&mut tmp)?;
@@ -117,6 +129,7 @@ fn read_response<R: Read>(s: &mut R, start: Instant) -> std::io::Result<Resp> {
             }
             body.extend_from_slice(&tmp[..n]);
         }
+        *carry = body.split_off(cl);
     } else {
         body = rest;
         s.read_to_end(&mut body)?;
@@ -437,11 +450,12 @@ fn keepalive_pipelining_and_chunked_request() {
         CHAT.len()
     );
     s.write_all(req.as_bytes()).unwrap();
-    let r1 = read_response(&mut s, Instant::now()).unwrap();
+    let mut carry = Vec::new();
+    let r1 = read_response_carry(&mut s, &mut carry, Instant::now()).unwrap();
     assert_eq!(r1.json()["details"]["input_length"], 1);
-    let r2 = read_response(&mut s, Instant::now()).unwrap();
+    let r2 = read_response_carry(&mut s, &mut carry, Instant::now()).unwrap();
     assert_eq!(r2.json()["object"], "chat.completion");
-    let r3 = read_response(&mut s, Instant::now()).unwrap();
+    let r3 = read_response_carry(&mut s, &mut carry, Instant::now()).unwrap();
     assert_eq!(r3.status, 200);
 }
 
@@ -556,4 +570,37 @@ fn tls_serving() {
     let r = read_response(&mut tls, Instant::now()).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["usage"]["completion_tokens"], 4);
+}
+
+#[test]
+fn expect_continue_and_non_stream_reset() {
+    let a = shared_mock();
+    let mut s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: m\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+            CHAT.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut buf = [0u8; 25];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(CHAT.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut s, Instant::now()).unwrap().status, 200);
+
+    let err = post(
+        a,
+        "/v1/chat/completions",
+        &[("x-mock-reset-after", "0")],
+        CHAT,
+    )
+    .err()
+    .expect("non-streaming reset must not answer");
+    assert!(matches!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+    ));
 }

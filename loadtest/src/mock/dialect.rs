@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 /// Fixed `created` timestamp so bodies are byte-for-byte reproducible.
 pub const CREATED_UNIX_S: u64 = 1_700_000_000;
 /// Upper bound on tokens per response, whatever a header asks for.
-pub const MAX_TOKENS: u32 = 1_000_000;
+pub const MAX_TOKENS: u32 = 100_000;
 /// Upper bound on any injected delay.
 pub const MAX_DELAY_MS: u64 = 600_000;
 /// Upper bound on `x-mock-response-bytes`.

@@ -22,6 +22,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use thiserror::Error;
 
+/// Accept backlog of the mock's listener (capped by net.core.somaxconn).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
 /// Mock start-up errors.
 #[derive(Debug, Error)]
 pub enum MockError {
@@ -147,6 +150,12 @@ pub fn start(cfg: MockConfig) -> Result<MockHandle, MockError> {
         addr: cfg.listen,
         source,
     })?;
+    // std binds with a backlog of 128: a burst of 1,000 connects would overflow it and wait
+    // for SYN retransmits (1 s, 3 s). Re-listening on Linux just raises the backlog.
+    // SAFETY: the fd is the listener we own; listen() has no memory-safety preconditions.
+    unsafe {
+        libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), LISTEN_BACKLOG);
+    }
     let addr = listener.local_addr().map_err(|source| MockError::Bind {
         addr: cfg.listen,
         source,

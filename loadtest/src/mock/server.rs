@@ -4,7 +4,8 @@
 //! `Expect: 100-continue`), keep-alive, response framing and the timing of streamed events.
 //! Invariants: requests on one connection are answered strictly in order and bytes after one
 //! request's body stay buffered for the next (pipelining-safe); every SSE event is written and
-//! flushed on its own schedule (no coalescing across an `itl` pause); malformed input gets a 400
+//! flushed on its own schedule (no coalescing across an `itl` pause; token i is due at
+//! `ttft + i * itl` after the head, absolute deadlines so timer rounding does not accumulate); malformed input gets a 400
 //! and a close, never a panic. A reset (`x-mock-reset-after`) sets `SO_LINGER 0` and drops the
 //! socket, which makes the kernel send RST.
 
@@ -251,6 +252,12 @@ fn set_linger_zero(fd: RawFd) {
     }
 }
 
+async fn sleep_until(t: std::time::Instant) {
+    if t > std::time::Instant::now() {
+        monoio::time::sleep_until(monoio::time::Instant::from_std(t)).await;
+    }
+}
+
 async fn sleep_ms(ms: u64) {
     if ms > 0 {
         monoio::time::sleep(Duration::from_millis(ms)).await;
@@ -470,7 +477,10 @@ async fn write_reply<S: AsyncWriteRent>(
                 if keep_alive { "" } else { "connection: close\r\n" }
             );
             send(io, head.into_bytes()).await?;
-            sleep_ms(beh.ttft_ms).await;
+            // Absolute deadlines (first token at ttft, token i at ttft + i*itl): the 1 ms timer
+            // granularity then cannot accumulate over a long stream.
+            let t0 = std::time::Instant::now() + Duration::from_millis(beh.ttft_ms);
+            sleep_until(t0).await;
             let mut pending: Vec<u8> = Vec::new();
             for ev in &plan.prelude {
                 push_chunk(&mut pending, ev);
@@ -484,7 +494,8 @@ async fn write_reply<S: AsyncWriteRent>(
                     return Ok(false);
                 }
                 if i > 0 {
-                    sleep_ms(beh.itl_ms).await;
+                    let due = t0 + Duration::from_millis(beh.itl_ms.saturating_mul(i as u64));
+                    sleep_until(due).await;
                 }
                 push_chunk(&mut pending, ev);
                 send(io, std::mem::take(&mut pending)).await?;

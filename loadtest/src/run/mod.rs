@@ -606,8 +606,10 @@ mod tests {
             timeout: Duration::from_secs(1),
             workers: 1,
         };
-        let mut st = Stats::default();
-        st.ok = 500;
+        let st = Stats {
+            ok: 500,
+            ..Default::default()
+        };
         let r = summarize(&cfg, &st, 1.0);
         assert!(!r.sustained);
         assert_eq!(

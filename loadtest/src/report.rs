@@ -1,0 +1,328 @@
+//! `sluice-loadtest report`: regenerates `docs/benchmarks.md` from `compare` JSON reports.
+//!
+//! Owns: the Markdown layout (machine, date, commit, exact commands, core layout, one table per
+//! scenario with overhead versus the baseline and throughput ratio versus Envoy, CPU and RSS,
+//! chart links). Invariants: the document is a pure function of the JSON files (re-running
+//! gives the same text); scenarios appear in a fixed order, unknown ones after it by name;
+//! skipped targets (e.g. sluice before its binary exists) are listed with their reason rather
+//! than omitted; unsustained open-loop rates are flagged in the table.
+
+use std::path::{Component, Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::compare::{CompareReport, TargetReport};
+use crate::run::fmt_us;
+
+/// Report errors.
+#[derive(Debug, Error)]
+pub enum ReportError {
+    #[error("{path}: {msg}")]
+    Io { path: String, msg: String },
+    #[error("no compare reports (*.json) in {0}")]
+    Empty(String),
+}
+
+/// Scenario order in the document.
+pub const ORDER: [&str; 5] = [
+    "chat-small",
+    "chat-sse",
+    "pii-32k",
+    "error-mix",
+    "long-streams",
+];
+
+/// Loads every compare report in `dir`.
+pub fn load_reports(dir: &Path) -> Result<Vec<CompareReport>, ReportError> {
+    let io = |e: std::io::Error| ReportError::Io {
+        path: dir.display().to_string(),
+        msg: e.to_string(),
+    };
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    entries.sort();
+    for p in entries {
+        let bytes = std::fs::read(&p).map_err(|e| ReportError::Io {
+            path: p.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        match serde_json::from_slice::<CompareReport>(&bytes) {
+            Ok(r) => out.push(r),
+            Err(e) => eprintln!(
+                "report: skipping {}: not a compare report ({e})",
+                p.display()
+            ),
+        }
+    }
+    if out.is_empty() {
+        return Err(ReportError::Empty(dir.display().to_string()));
+    }
+    out.sort_by_key(|r| {
+        (
+            ORDER
+                .iter()
+                .position(|o| *o == r.scenario)
+                .unwrap_or(ORDER.len()),
+            r.scenario.clone(),
+        )
+    });
+    Ok(out)
+}
+
+/// Path of `to` relative to directory `from` (both made absolute against the cwd).
+pub fn relative(from_dir: &Path, to: &Path) -> PathBuf {
+    let abs = |p: &Path| {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        let mut out = PathBuf::new();
+        for c in p.components() {
+            match c {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        out
+    };
+    let (f, t) = (abs(from_dir), abs(to));
+    let fc: Vec<_> = f.components().collect();
+    let tc: Vec<_> = t.components().collect();
+    let common = fc.iter().zip(&tc).take_while(|(a, b)| a == b).count();
+    let mut r = PathBuf::new();
+    for _ in common..fc.len() {
+        r.push("..");
+    }
+    for c in &tc[common..] {
+        r.push(c);
+    }
+    r
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+}
+
+fn signed_us(v: i64) -> String {
+    let s = fmt_us(v.unsigned_abs());
+    if v < 0 {
+        format!("-{s}")
+    } else {
+        format!("+{s}")
+    }
+}
+
+fn row(t: &TargetReport, envoy: Option<&TargetReport>) -> String {
+    let Some(r) = &t.result else {
+        return format!(
+            "| {} | {} | | | | | | | | | |\n",
+            t.name,
+            t.skipped.as_deref().unwrap_or("no result")
+        );
+    };
+    let l = &r.latency_us;
+    let over = t.overhead_us.as_ref().map_or("-".into(), |o| {
+        format!(
+            "{} / {} / {}",
+            signed_us(o.p50),
+            signed_us(o.p99),
+            signed_us(o.p999)
+        )
+    });
+    let vs_envoy = envoy
+        .and_then(|e| e.result.as_ref())
+        .filter(|e| e.rps > 0.0)
+        .map_or("-".into(), |e| format!("{:.2}x", r.rps / e.rps));
+    let mut rps = format!("{:.0}", r.rps);
+    if !r.sustained {
+        rps.push_str(" (not sustained)");
+    }
+    let errs = if r.errors.total() > 0 {
+        format!("{}", r.errors.total())
+    } else {
+        "0".into()
+    };
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        t.name,
+        rps,
+        fmt_us(l.p50),
+        fmt_us(l.p90),
+        fmt_us(l.p99),
+        fmt_us(l.p999),
+        over,
+        vs_envoy,
+        t.cpu_us_per_req.map_or("-".into(), |c| format!(
+            "{c:.1} us/req ({:.2} cores)",
+            t.cpu_cores.unwrap_or(0.0)
+        )),
+        mib(t.peak_rss_bytes),
+        errs
+    )
+}
+
+/// Renders the Markdown document. `md_dir` is where it will live (for chart links);
+/// `results_dir` is where the JSON and SVG files are.
+pub fn render(reports: &[CompareReport], md_dir: &Path, results_dir: &Path) -> String {
+    let first = &reports[0];
+    let mut s = String::new();
+    s.push_str("# Benchmarks\n\n");
+    s.push_str("<!-- Generated by `sluice-loadtest report` (loadtest/report.sh) from the JSON in loadtest/results/. Do not edit by hand. -->\n\n");
+    s.push_str("## Machine and method\n\n");
+    s.push_str(&format!(
+        "- Machine: {}, {} CPUs (nproc), Linux {}\n",
+        first.machine.cpu_model, first.machine.nproc, first.machine.kernel
+    ));
+    s.push_str(&format!("- Date: {}\n", first.date_utc));
+    s.push_str(&format!("- Commit: `{}`\n", first.git_commit));
+    s.push_str(&format!("- Core layout: {}\n", first.layout));
+    s.push_str("- Method: every scenario runs against all targets in interleaved rounds (direct, sluice, envoy, envoy-lua, nginx, direct, ...) so machine drift hits all alike; percentiles come from HdrHistograms merged over the rounds. Open-loop latency is measured from the intended send time (coordinated omission corrected). Overhead = target percentile minus the direct (no proxy) percentile. CPU = user+system time of the proxy process tree during the measure windows (from /proc), RSS = peak VmHWM.\n");
+    s.push_str("- Reproduce: `loadtest/report.sh` (builds release, installs Envoy into loadtest/peers/.venv, runs every scenario, regenerates this file). Exact commands per scenario are listed below.\n\n");
+    for r in reports {
+        s.push_str(&format!("## {}\n\n", r.scenario));
+        if !r.description.is_empty() {
+            s.push_str(&format!("{}\n\n", r.description));
+        }
+        s.push_str(&format!(
+            "{}; {} round(s) per target, baseline `{}`.\n\n",
+            r.mode, r.rounds, r.baseline
+        ));
+        s.push_str(&format!("Command: `{}`\n\n", r.command));
+        if let Some(l) = &r.machine.loadavg_at_start {
+            s.push_str(&format!(
+                "Load average at start (1/5/15 min, {} CPUs): {l}.\n\n",
+                r.machine.nproc
+            ));
+        }
+        if r.git_commit != first.git_commit || r.date_utc != first.date_utc {
+            s.push_str(&format!(
+                "Run {} at commit `{}`.\n\n",
+                r.date_utc, r.git_commit
+            ));
+        }
+        if r.layout != first.layout {
+            s.push_str(&format!("Core layout: {}\n\n", r.layout));
+        }
+        s.push_str("| target | req/s | p50 | p90 | p99 | p99.9 | overhead vs direct (p50 / p99 / p99.9) | req/s vs envoy | proxy CPU | peak RSS | errors |\n");
+        s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+        let envoy = r
+            .targets
+            .iter()
+            .find(|t| t.name == "envoy" && t.result.is_some());
+        for t in &r.targets {
+            s.push_str(&row(t, envoy));
+        }
+        s.push('\n');
+        let streaming: Vec<&TargetReport> = r
+            .targets
+            .iter()
+            .filter(|t| t.result.as_ref().is_some_and(|x| x.ttft_us.is_some()))
+            .collect();
+        if !streaming.is_empty() {
+            s.push_str("| target | TTFT p50 | TTFT p99 | inter-chunk p50 | inter-chunk p99 | tokens/s | mean tokens/s per stream |\n|---|---|---|---|---|---|---|\n");
+            for t in streaming {
+                let Some(x) = &t.result else { continue };
+                let (Some(tt), itl) = (&x.ttft_us, &x.itl_us) else {
+                    continue;
+                };
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {:.0} | {} |\n",
+                    t.name,
+                    fmt_us(tt.p50),
+                    fmt_us(tt.p99),
+                    itl.as_ref().map_or("-".into(), |i| fmt_us(i.p50)),
+                    itl.as_ref().map_or("-".into(), |i| fmt_us(i.p99)),
+                    x.tokens_per_s,
+                    x.stream_tokens_per_s_mean
+                        .map_or("-".into(), |v| format!("{v:.0}"))
+                ));
+            }
+            s.push('\n');
+        }
+        let mem: Vec<&TargetReport> = r
+            .targets
+            .iter()
+            .filter(|t| t.mem_per_stream_bytes.is_some())
+            .collect();
+        if !mem.is_empty() {
+            s.push_str("Memory per stream = (RSS during load − idle RSS) / concurrent streams:\n\n| target | idle RSS | RSS during load | per stream |\n|---|---|---|---|\n");
+            for t in mem {
+                s.push_str(&format!(
+                    "| {} | {} | {} | {:.1} KiB |\n",
+                    t.name,
+                    mib(t.idle_rss_bytes),
+                    mib(t.rss_during_max_bytes),
+                    t.mem_per_stream_bytes.unwrap_or(0.0) / 1024.0
+                ));
+            }
+            s.push('\n');
+        }
+        let errs: Vec<String> = r
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let x = t.result.as_ref()?;
+                (x.errors.total() > 0).then(|| {
+                    format!(
+                        "{}: status {:?}, reset {}, timeout {}, connect {}, parse {}",
+                        t.name,
+                        x.status_codes,
+                        x.errors.reset,
+                        x.errors.timeout,
+                        x.errors.connect,
+                        x.errors.parse
+                    )
+                })
+            })
+            .collect();
+        if !errs.is_empty() {
+            s.push_str("Errors by kind: ");
+            s.push_str(&errs.join("; "));
+            s.push_str("\n\n");
+        }
+        for t in &r.targets {
+            if let Some(n) = &t.skipped {
+                s.push_str(&format!("- **{}** {}\n", t.name, n));
+            }
+            if let Some(n) = t.result.as_ref().and_then(|x| x.note.as_ref()) {
+                s.push_str(&format!("- **{}**: {}\n", t.name, n));
+            }
+        }
+        if let Some(c) = &r.chart {
+            let rel = relative(md_dir, &results_dir.join(c));
+            s.push_str(&format!(
+                "\n![{} latency by percentile]({})\n",
+                r.scenario,
+                rel.display()
+            ));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(
+            relative(Path::new("/a/docs"), Path::new("/a/loadtest/results/x.svg")),
+            PathBuf::from("../loadtest/results/x.svg")
+        );
+        assert_eq!(
+            relative(Path::new("/a"), Path::new("/a/b")),
+            PathBuf::from("b")
+        );
+    }
+}
