@@ -207,7 +207,7 @@ responses: true
 
     #[test]
     fn yaml_example_parses_and_builds() {
-        let cfg: PiiConfig = serde_yaml_ng::from_str(YAML_EXAMPLE).expect("yaml");
+        let cfg: PiiConfig = serde_saphyr::from_str(YAML_EXAMPLE).expect("yaml");
         assert_eq!(cfg.actions.get("SSN"), Some(&Action::Block));
         assert_eq!(
             cfg.hash_key.as_ref().and_then(|h| h.env.as_deref()),
@@ -215,7 +215,7 @@ responses: true
         );
         assert!(crate::pii::Engine::new(&cfg).is_err(), "hash needs a key");
         crate::pii::Engine::with_hash_key(&cfg, &[7u8; 32]).expect("engine");
-        let typo = serde_yaml_ng::from_str::<PiiConfig>("dryrun: true");
+        let typo = serde_saphyr::from_str::<PiiConfig>("dryrun: true");
         assert!(typo.is_err(), "unknown fields are rejected");
     }
 }
