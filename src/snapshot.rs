@@ -296,7 +296,9 @@ fn build_route(
                 && crate::pii::BUILTIN_ENTITIES
                     .iter()
                     .any(|x| e.action_for(*x) == crate::pii::Action::Block);
-            filters.push(Filter::Pii(PiiFilter { engine: Arc::new(e) }));
+            filters.push(Filter::Pii(PiiFilter {
+                engine: Arc::new(e),
+            }));
         }
     }
     if let Some(ic) = &r.inspect {
@@ -470,4 +472,56 @@ pub fn build_client_tls(
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(monoio_rustls::TlsConnector::from(Arc::new(cfg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Price;
+
+    #[test]
+    fn pricing_longest_prefix_and_cached_tokens() {
+        let p = Pricing {
+            models: vec![
+                (
+                    "gpt-4o".into(),
+                    Price {
+                        input_usd_per_mtok: 2.5,
+                        output_usd_per_mtok: 10.0,
+                        cached_input_usd_per_mtok: Some(1.25),
+                    },
+                ),
+                (
+                    "gpt-4o-mini".into(),
+                    Price {
+                        input_usd_per_mtok: 0.15,
+                        output_usd_per_mtok: 0.6,
+                        cached_input_usd_per_mtok: None,
+                    },
+                ),
+            ],
+        };
+        assert_eq!(
+            p.lookup("gpt-4o-mini-2024-07-18")
+                .unwrap()
+                .input_usd_per_mtok,
+            0.15
+        );
+        assert_eq!(
+            p.lookup("gpt-4o-2024-08-06").unwrap().input_usd_per_mtok,
+            2.5
+        );
+        assert!(p.lookup("claude-3").is_none());
+        let u = crate::inspect::Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 500_000,
+            total_tokens: 1_500_000,
+            cached_input_tokens: Some(400_000),
+            ..Default::default()
+        };
+        // 600k fresh × 2.5 + 400k cached × 1.25 + 500k × 10 = 1.5 + 0.5 + 5.0
+        assert!((p.cost_usd("gpt-4o", &u).unwrap() - 7.0).abs() < 1e-9);
+        // No cached price: cached tokens at the input price.
+        assert!((p.cost_usd("gpt-4o-mini", &u).unwrap() - (0.15 + 0.3)).abs() < 1e-9);
+    }
 }

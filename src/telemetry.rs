@@ -216,8 +216,8 @@ pub mod names {
 
 /// Bucket bounds for token-count histograms (the OTel GenAI recommendation: powers of 4).
 pub const TOKEN_BUCKETS: &[f64] = &[
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
-    4194304.0, 16777216.0, 67108864.0,
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
 ];
 
 /// Caps the number of distinct values a label takes: the first `max` values seen are kept,
@@ -540,7 +540,13 @@ impl GenAiMetrics {
         );
         let provider = g.provider;
         let op = g.operation;
-        let outcome = if g.aborted { "aborted" } else if r.status >= 400 { "error" } else { "ok" };
+        let outcome = if g.aborted {
+            "aborted"
+        } else if r.status >= 400 {
+            "error"
+        } else {
+            "ok"
+        };
         metrics::counter!(names::GEN_AI_REQUESTS_TOTAL,
             "caller" => caller.to_string(), "gen_ai_request_model" => req_model.to_string(),
             "gen_ai_provider_name" => provider, "outcome" => outcome)
@@ -659,7 +665,10 @@ fn span_of(
         }
     }
     if let Some(ttft) = g.ttft_us {
-        attrs.push(("sluice.time_to_first_token_ms", crate::otel::AttrValue::F64(ttft as f64 / 1e3)));
+        attrs.push((
+            "sluice.time_to_first_token_ms",
+            crate::otel::AttrValue::F64(ttft as f64 / 1e3),
+        ));
     }
     let error = if g.aborted {
         attrs.push(("error.type", Str(r.error_code.to_string())));

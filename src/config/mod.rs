@@ -841,10 +841,18 @@ impl Validator<'_> {
             }
         }
         if c.caller.sources.contains(&CallerSource::Static) && c.caller.static_name.is_none() {
-            self.err(0, "caller.static_name", "required when caller.sources lists `static`");
+            self.err(
+                0,
+                "caller.static_name",
+                "required when caller.sources lists `static`",
+            );
         }
         if c.telemetry.caller_labels_max == 0 || c.telemetry.model_labels_max == 0 {
-            self.err(0, "telemetry", "caller_labels_max and model_labels_max must be > 0");
+            self.err(
+                0,
+                "telemetry",
+                "caller_labels_max and model_labels_max must be > 0",
+            );
         }
         if let Some(f) = &c.pricing.file {
             if let Err(e) = load_pricing_file(&f.value) {
@@ -853,7 +861,8 @@ impl Validator<'_> {
         }
         for (m, p) in &c.pricing.models {
             if !(p.input_usd_per_mtok >= 0.0 && p.output_usd_per_mtok >= 0.0)
-                || p.cached_input_usd_per_mtok.is_some_and(|x| x.is_nan() || x < 0.0)
+                || p.cached_input_usd_per_mtok
+                    .is_some_and(|x| x.is_nan() || x < 0.0)
             {
                 self.err(0, format!("pricing.models.{m}"), "prices must be >= 0");
             }

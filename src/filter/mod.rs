@@ -78,7 +78,10 @@ pub struct TraceCtx {
 
 impl TraceCtx {
     pub fn from_request(head: &RequestHead) -> TraceCtx {
-        match head.header("traceparent").and_then(crate::otel::parse_traceparent) {
+        match head
+            .header("traceparent")
+            .and_then(crate::otel::parse_traceparent)
+        {
             Some(tp) => TraceCtx {
                 trace_id: tp.trace_id,
                 parent_span_id: Some(tp.parent_id),
@@ -386,7 +389,9 @@ impl Chain {
 
     /// Phase 5: a decoded body slice that has already been forwarded.
     pub async fn on_response_data(&self, ctx: &mut ExchangeCtx, data: &[u8]) {
-        let Some(acc) = ctx.usage.as_mut() else { return };
+        let Some(acc) = ctx.usage.as_mut() else {
+            return;
+        };
         let sig = acc.on_body_bytes(data);
         if sig.content_events > 0 {
             let now = Instant::now();
@@ -399,7 +404,12 @@ impl Chain {
     }
 
     /// Phase 6 (rewrite mode only): append the bytes to forward for `data` to `out`.
-    pub async fn rewrite_response_data(&self, ctx: &mut ExchangeCtx, data: &[u8], out: &mut Vec<u8>) {
+    pub async fn rewrite_response_data(
+        &self,
+        ctx: &mut ExchangeCtx,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         match ctx.stripper.as_mut() {
             Some(s) => s.feed(data, |fwd| match fwd {
                 inspect::Forward::Chunk(r) => out.extend_from_slice(&data[r]),
@@ -486,4 +496,82 @@ impl Chain {
 
 fn starts_with_ci(v: &[u8], prefix: &[u8]) -> bool {
     v.len() >= prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::{parse_request, HeadLimits};
+
+    fn head(extra: &str) -> RequestHead {
+        let raw = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+        parse_request(raw.as_bytes(), &HeadLimits::default())
+            .unwrap()
+            .unwrap()
+            .0
+    }
+
+    fn cfg(sources: Vec<CallerSource>) -> CallerConfig {
+        CallerConfig {
+            sources,
+            header: "x-sluice-caller".into(),
+            static_name: Some("billing".into()),
+            fallback: "unknown".into(),
+        }
+    }
+
+    #[test]
+    fn caller_sources_in_order() {
+        let peer: std::net::SocketAddr = "10.0.0.7:5555".parse().unwrap();
+        let h = head("x-sluice-caller: checkout\r\nauthorization: Bearer sk-secret\r\n");
+        assert_eq!(
+            &*caller_of(&cfg(vec![CallerSource::Header]), &h, peer),
+            "checkout"
+        );
+        let k = caller_of(&cfg(vec![CallerSource::ApiKeyHash]), &h, peer);
+        assert!(k.starts_with("key:") && k.len() == 16, "{k}");
+        assert!(!k.contains("sk-secret"));
+        // Same key, same pseudonym; the Bearer prefix is not part of the key.
+        let h2 = head("x-api-key: sk-secret\r\n");
+        assert_eq!(
+            caller_of(&cfg(vec![CallerSource::ApiKeyHash]), &h2, peer),
+            k
+        );
+        let none = head("");
+        assert_eq!(
+            &*caller_of(
+                &cfg(vec![CallerSource::Header, CallerSource::Static]),
+                &none,
+                peer
+            ),
+            "billing"
+        );
+        assert_eq!(
+            &*caller_of(&cfg(vec![CallerSource::SourceAddress]), &none, peer),
+            "10.0.0.7"
+        );
+        assert_eq!(
+            &*caller_of(&cfg(vec![CallerSource::Header]), &none, peer),
+            "unknown"
+        );
+    }
+
+    #[test]
+    fn trace_context_is_continued_or_started() {
+        let h = head("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n");
+        let t = TraceCtx::from_request(&h);
+        assert_eq!(
+            crate::otel::to_hex(&t.trace_id),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(
+            t.parent_span_id.map(|p| crate::otel::to_hex(&p)).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert!(t
+            .header_value()
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        let fresh = TraceCtx::from_request(&head(""));
+        assert!(fresh.parent_span_id.is_none());
+    }
 }

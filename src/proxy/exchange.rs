@@ -259,8 +259,11 @@ impl<'a> Exchange<'a> {
         };
         let up = &self.snap.upstreams[route.upstream];
         let mut ctx = route.chain.as_ref().map(|_| {
-            let mut c =
-                ExchangeCtx::new(filter::caller_of(&self.snap.config.caller, &head, self.peer));
+            let mut c = ExchangeCtx::new(filter::caller_of(
+                &self.snap.config.caller,
+                &head,
+                self.peer,
+            ));
             if self.snap.config.otel.enabled {
                 c.trace = Some(filter::TraceCtx::from_request(&head));
             }
@@ -275,7 +278,10 @@ impl<'a> Exchange<'a> {
             .await;
         let gen_ai = match (route.chain.as_deref(), ctx.as_mut()) {
             (Some(c), Some(x)) => {
-                let aborted = matches!(done.outcome, Outcome::DownstreamAbort | Outcome::UpstreamAbort);
+                let aborted = matches!(
+                    done.outcome,
+                    Outcome::DownstreamAbort | Outcome::UpstreamAbort
+                );
                 c.on_complete(x, self.started, aborted).await
             }
             _ => None,
@@ -339,7 +345,9 @@ impl<'a> Exchange<'a> {
         // Phase 1: request head filters.
         if let Some((chain, ctx)) = fx.as_mut() {
             if let Err(r) = chain.on_request_head(ctx, head).await {
-                let (d, wbuf) = self.reject(client, head, r, wbuf, rbuf.is_empty(), t_head).await;
+                let (d, wbuf) = self
+                    .reject(client, head, r, wbuf, rbuf.is_empty(), t_head)
+                    .await;
                 return (d, rbuf, wbuf);
             }
         }
@@ -398,7 +406,13 @@ impl<'a> Exchange<'a> {
                                 drop_encoding: changed,
                             };
                             write_upstream_head(
-                                &mut wbuf, head, up, &ep.authority, self.peer, request_id, framing,
+                                &mut wbuf,
+                                head,
+                                up,
+                                &ep.authority,
+                                self.peer,
+                                request_id,
+                                framing,
                                 traceparent.as_deref(),
                             );
                             wbuf.extend_from_slice(&body);
@@ -419,9 +433,15 @@ impl<'a> Exchange<'a> {
                     }
                     bytes_in += raw.len() as u64;
                     write_upstream_head(
-                &mut wbuf, head, up, &ep.authority, self.peer, request_id, BodyFraming::AsReceived,
-                traceparent.as_deref(),
-            );
+                        &mut wbuf,
+                        head,
+                        up,
+                        &ep.authority,
+                        self.peer,
+                        request_id,
+                        BodyFraming::AsReceived,
+                        traceparent.as_deref(),
+                    );
                     wbuf.extend_from_slice(&raw);
                     body_done = decoder.is_done();
                 }
@@ -436,7 +456,13 @@ impl<'a> Exchange<'a> {
             }
         } else {
             write_upstream_head(
-                &mut wbuf, head, up, &ep.authority, self.peer, request_id, BodyFraming::AsReceived,
+                &mut wbuf,
+                head,
+                up,
+                &ep.authority,
+                self.peer,
+                request_id,
+                BodyFraming::AsReceived,
                 traceparent.as_deref(),
             );
             let first = match decoder.advance(&rbuf, |_| {}) {
@@ -568,11 +594,17 @@ impl<'a> Exchange<'a> {
         let keep_client = client_keep
             && (!matches!(kind, BodyKind::CloseDelimited) || chunked_out)
             && !self.w.is_draining();
-        let upstream_reusable = rhead.keep_alive()
-            && !rhead.must_close()
-            && !matches!(kind, BodyKind::CloseDelimited);
+        let upstream_reusable =
+            rhead.keep_alive() && !rhead.must_close() && !matches!(kind, BodyKind::CloseDelimited);
         wbuf.clear();
-        write_client_head(&mut wbuf, &rhead, head.version(), keep_client, chunked_out, kind);
+        write_client_head(
+            &mut wbuf,
+            &rhead,
+            head.version(),
+            keep_client,
+            chunked_out,
+            kind,
+        );
         let t_resp_head = Instant::now();
         let mut head_pending = true;
 
@@ -594,7 +626,10 @@ impl<'a> Exchange<'a> {
             let base = ubuf.as_ptr() as usize;
             let p = if eof {
                 match rdecoder.on_eof() {
-                    Ok(()) => http1::Progress { consumed: 0, done: true },
+                    Ok(()) => http1::Progress {
+                        consumed: 0,
+                        done: true,
+                    },
                     Err(e) => {
                         break Err(fail(
                             ProxyError::UpstreamAborted(up.name.clone(), e.to_string()),
@@ -701,7 +736,9 @@ impl<'a> Exchange<'a> {
             ubuf.clear();
             let read = conn.io.read_append(ubuf);
             let r = match total_deadline {
-                Some(d) => match monoio::time::timeout_at(d, monoio::time::timeout(idle, read)).await {
+                Some(d) => match monoio::time::timeout_at(d, monoio::time::timeout(idle, read))
+                    .await
+                {
                     Ok(r) => r.map_err(|_| {
                         ProxyError::UpstreamBodyTimeout(up.name.clone(), route.body_idle_timeout_ms)
                     }),
@@ -829,7 +866,11 @@ impl<'a> Exchange<'a> {
         write_openai_error(&mut body, r.status, r.code, &r.message);
         http1::write_status_line(&mut wbuf, r.status, "", Version::Http11);
         http1::write_header(&mut wbuf, "content-type", b"application/json");
-        http1::write_header(&mut wbuf, "content-length", body.len().to_string().as_bytes());
+        http1::write_header(
+            &mut wbuf,
+            "content-length",
+            body.len().to_string().as_bytes(),
+        );
         http1::write_header(&mut wbuf, "x-sluice-error", r.code.as_bytes());
         if !keep {
             http1::write_header(&mut wbuf, "connection", b"close");
