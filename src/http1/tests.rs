@@ -84,7 +84,10 @@ fn body_all_splits(kind: BodyKind, input: &[u8]) -> (Vec<u8>, usize, bool, Optio
     let splits: Vec<usize> = if n <= 2048 {
         (0..=n).collect()
     } else {
-        (0..64).chain(n - 64..=n).chain((0..n).step_by(61)).collect()
+        (0..64)
+            .chain(n - 64..=n)
+            .chain((0..n).step_by(61))
+            .collect()
     };
     for k in splits {
         check_body(kind, input, k);
