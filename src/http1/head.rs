@@ -34,6 +34,7 @@
 use super::{is_tchar, BodyKind, CodecError, HeadLimits, Method, Version};
 use httparse::{Header, ParserConfig, Status};
 use std::mem::MaybeUninit;
+use std::sync::OnceLock;
 
 /// Header slots kept on the stack while running httparse; larger `headers_count_max` values fall
 /// back to a heap buffer.
@@ -207,18 +208,16 @@ fn parse_content_length(v: &[u8]) -> Result<u64, CodecError> {
     }
 }
 
-fn gather(hb: &HeadBuf) -> Fields {
+fn gather(head: &[u8], headers: &[Header<'_>]) -> Fields {
     let mut f = Fields::default();
-    let head = hb.head();
-    for i in 0..hb.count {
-        let (ns, vs) = hb.entry(i);
-        let name = ns.get(head);
-        let value = vs.get(head);
+    for h in headers {
+        let name = h.name.as_bytes();
+        let value = h.value;
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => {
                 f.host_count += 1;
                 if f.host.is_none() {
-                    f.host = Some(vs);
+                    f.host = Some(Span::of(head, value));
                 }
             }
             6 if name.eq_ignore_ascii_case(b"expect")
@@ -347,7 +346,9 @@ fn locate(buf: &[u8], limits: &HeadLimits, skip_empty_lines: bool) -> Result<Loc
         }
     }
     let rest = window.get(start..).unwrap_or(&[]);
-    let found = memchr::memmem::find(rest, b"\r\n\r\n").map(|p| start + p + 4);
+    static HEAD_END: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
+    let finder = HEAD_END.get_or_init(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    let found = finder.find(rest).map(|p| start + p + 4);
     let region = match found {
         Some(end) => window.get(..end).unwrap_or(window),
         None => window,
@@ -626,6 +627,7 @@ pub fn parse_request(
                     Span::of(head, target),
                     req.version,
                     build_headbuf(head, req.headers)?,
+                    gather(head, req.headers),
                 ))
             }
             Ok(_) => Err(CodecError::Malformed("head ended early")),
@@ -635,12 +637,10 @@ pub fn parse_request(
             )),
         }
     });
-    let (method_span, target, version, hb) = parsed?;
+    let (method_span, target, version, hb, f) = parsed?;
     let version = version_of(version)?;
     let method = Method::from_bytes(method_span.get(hb.head()));
     let (path, target_authority) = classify_target(method, target, hb.head())?;
-
-    let f = gather(&hb);
     if f.host_count > 1 {
         return Err(CodecError::Malformed("multiple Host headers"));
     }
@@ -822,6 +822,7 @@ pub fn parse_response(
                 Span::of(head, resp.reason.unwrap_or("").as_bytes()),
                 resp.version,
                 build_headbuf(head, resp.headers)?,
+                gather(head, resp.headers),
             )),
             Ok(_) => Err(CodecError::Malformed("head ended early")),
             Err(e) => Err(classify_header_error(
@@ -830,12 +831,11 @@ pub fn parse_response(
             )),
         }
     });
-    let (status, reason, version, hb) = parsed?;
+    let (status, reason, version, hb, f) = parsed?;
     let version = version_of(version)?;
     if status < 100 {
         return Err(CodecError::Malformed("invalid status code"));
     }
-    let f = gather(&hb);
     let mut must_close = false;
     let framing = if f.te_present {
         // TE overrides CL (RFC 9112 §6.3 rule 3); either combination is a red flag.
