@@ -305,6 +305,26 @@ struct Guard {
 }
 
 impl Guard {
+    /// Names a started process that is no longer running (killed or crashed mid-run).
+    fn check_alive(&mut self) -> Result<(), CompareError> {
+        for p in &mut self.procs {
+            let dead = match p.child.as_mut() {
+                Some(c) => !matches!(c.try_wait(), Ok(None)),
+                None => !sys::alive(p.pid),
+            };
+            if dead {
+                return Err(CompareError::Target {
+                    name: p.name.clone(),
+                    msg: format!(
+                        "process {} exited during the run (crashed or killed by someone else); results discarded",
+                        p.pid
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn stop_all(&mut self) {
         for p in self.procs.drain(..).rev() {
             stop(p);
@@ -320,6 +340,14 @@ impl Drop for Guard {
 
 fn stop(mut p: Proc) {
     let pid = p.pid as libc::pid_t;
+    // Never signal a pid that already exited (it could have been reused by someone else).
+    let gone = match p.child.as_mut() {
+        Some(c) => !matches!(c.try_wait(), Ok(None)),
+        None => !sys::alive(p.pid),
+    };
+    if gone {
+        return;
+    }
     // SAFETY: signalling a pid we started ourselves.
     unsafe {
         libc::kill(pid, libc::SIGTERM);
@@ -739,6 +767,7 @@ pub fn compare(opts: &CompareOpts) -> Result<CompareReport, CompareError> {
             let Some(rc) = acc.cfg.clone() else { continue };
             let (res, cpu, rss) = measure_window(acc.pid, warmup, || run::execute(&rc));
             let st = res?;
+            guard.check_alive()?;
             let one = run::summarize(&rc, &st, duration.as_secs_f64());
             eprintln!(
                 "round {round}/{rounds} {:<10} {:>9.0} req/s  p50 {:>9}  p99 {:>9}  errors {}{}",

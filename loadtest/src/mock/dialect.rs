@@ -281,6 +281,36 @@ pub fn route(
     if !known {
         return error_reply(404, &format!("unknown route {method} {path}"), 1);
     }
+    // Behaviour: model tags first, then `x-mock-*` headers, so headers win. An injected status
+    // applies on every known route, whatever the body, as a real upstream's 429 would.
+    let parsed: Result<Value, String> = if method == "GET" {
+        Ok(Value::Object(serde_json::Map::new()))
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            Ok(_) => Err("request body must be a JSON object".to_string()),
+            Err(e) => Err(format!("invalid JSON body: {e}")),
+        }
+    };
+    let model = parsed
+        .as_ref()
+        .ok()
+        .and_then(|r| r.get("model"))
+        .and_then(Value::as_str)
+        .unwrap_or("mock-model")
+        .to_string();
+    beh.apply_model_tags(&model);
+    for (k, v) in overrides {
+        beh.apply(k, v);
+    }
+    if let Some(status) = beh.status {
+        let msg = format!("mock injected status {status}");
+        return error_reply(status, &msg, beh.retry_after_s);
+    }
+    let req = match parsed {
+        Ok(v) => v,
+        Err(msg) => return error_reply(400, &msg, 1),
+    };
     if method == "GET" {
         return Reply::json(
             200,
@@ -289,25 +319,6 @@ pub fn route(
                 {"id": "mock-embed", "object": "model", "created": CREATED_UNIX_S, "owned_by": "sluice-mock"}
             ]}),
         );
-    }
-    let req: Value = match serde_json::from_slice(body) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return error_reply(400, "request body must be a JSON object", 1),
-        Err(e) => return error_reply(400, &format!("invalid JSON body: {e}"), 1),
-    };
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("mock-model")
-        .to_string();
-    // Model tags first, then `x-mock-*` headers, so headers win.
-    beh.apply_model_tags(&model);
-    for (k, v) in overrides {
-        beh.apply(k, v);
-    }
-    if let Some(status) = beh.status {
-        let msg = format!("mock injected status {status}");
-        return error_reply(status, &msg, beh.retry_after_s);
     }
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let include_usage = req
@@ -600,6 +611,12 @@ mod tests {
         }
         let r = route("GET", "/nope", b"", &mut beh(), &[], 0);
         assert!(matches!(r, Reply::Body { status: 404, .. }));
+        // Injected status wins over a bad body and applies to GET routes too.
+        let o = [("status".to_string(), "503".to_string())];
+        let r = route("POST", "/v1/messages", b"{", &mut beh(), &o, 0);
+        assert!(matches!(r, Reply::Body { status: 503, .. }));
+        let r = route("GET", "/v1/models", b"", &mut beh(), &o, 0);
+        assert!(matches!(r, Reply::Body { status: 503, .. }));
     }
 
     #[test]
