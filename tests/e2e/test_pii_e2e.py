@@ -282,3 +282,61 @@ def test_dry_run_forwards_unchanged_and_counts(mock, sluice_factory):
     assert wait_metric(s, "sluice_pii_detections_total", 1, entity="CREDIT_CARD", caller="dry") == 1
     assert_clean(s.metrics())
     assert_clean(s.log())
+
+
+# --- every documented request path, other dialects ----------------------------------------------
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/messages", {"model": "c", "max_tokens": 5, "system": f"ssn {SSN}", "messages": [
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+                                      "content": [{"type": "text", "text": f"ssn {SSN}"}]}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f",
+                                           "input": {"a": {"b": [f"ssn {SSN}", EMAIL]}}}]}]}),
+    ("/v1/messages", {"model": "c", "max_tokens": 5, "system": [{"type": "text", "text": f"mail {EMAIL}"}],
+                      "messages": [{"role": "user", "content": [
+                          {"type": "tool_result", "tool_use_id": "t", "content": f"ssn {SSN}"}]}]}),
+    ("/generate", {"inputs": f"ssn {SSN} mail {EMAIL}"}),
+    ("/v1/embeddings", {"model": "e", "input": [f"ssn {SSN}", f"mail {EMAIL}"]}),
+    ("/v1/completions", {"model": "gpt-4o-mini", "prompt": [f"ssn {SSN}", f"mail {EMAIL}"]}),
+    ("/v1/responses", {"model": "gpt-4o-mini", "instructions": f"ssn {SSN}", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": f"mail {EMAIL}"}]},
+        {"type": "function_call_output", "call_id": "c", "output": f"ssn {SSN}"}]}),
+    ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function", "function": {
+            "name": "f", "arguments": json.dumps({"email": EMAIL, "ssn": SSN})}}]}]}),
+], ids=["anthropic-tools", "anthropic-system-parts", "tgi", "embeddings", "completions", "responses",
+        "tool-call-arguments"])
+def test_documented_paths_redacted_in_every_dialect(mock, sluice_factory, path, body):
+    s = start(sluice_factory, mock.addr, pii_top="{ actions: { EMAIL: hash }, hash_key: { env: SLUICE_PII_KEY } }",
+              env={"SLUICE_PII_KEY": HASH_KEY})
+    post(s.port, path, json.dumps(body).encode())  # the mock has no /v1/responses: a 404 is fine here
+    [up] = upstream_bodies(mock)
+    assert_clean(up)
+    j = json.loads(up)
+    assert "[REDACTED:SSN]" in up or "[EMAIL:" in up
+    if path == "/v1/chat/completions":
+        args = json.loads(j["messages"][0]["tool_calls"][0]["function"]["arguments"])  # inner JSON still valid
+        assert args["ssn"] == "[REDACTED:SSN]" and args["email"].startswith("[EMAIL:")
+
+
+def test_route_pii_without_engine_is_a_config_error(mock):
+    from conftest import start_sluice
+    routes = "- match: { path_prefix: / }\n  upstream: mock\n  pii: { enabled: true, actions: { SSN: block } }\n"
+    s = start_sluice(sluice_config(mock.addr, "{port}", "{admin_port}", routes=routes), expect_ready=False)
+    try:
+        assert s.proc.wait(15) != 0, "a route asking for PII enforcement with no engine must not start"
+        assert "pii" in s.log()
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("actions", ["{ CREDIT_CARD: block }", "{ SSN: redact }"])
+def test_body_over_pii_limit_is_refused(mock, sluice_factory, actions):
+    s = start(sluice_factory, mock.addr, pii_top=f"{{ body_bytes_max: 1024, actions: {actions} }}")
+    body = json.dumps({"model": "gpt-4o-mini",
+                       "messages": [{"role": "user", "content": "x" * 3000 + f" ssn {SSN}"}]}).encode()
+    st, _, data = post(s.port, "/v1/chat/completions", body)
+    assert st == 413, data
+    assert json.loads(data)["error"]["message"]
+    assert upstream_bodies(mock) == []
