@@ -662,3 +662,40 @@ def test_api_key_hash_ignores_auth_scheme_case(mock, sluice_factory):
     assert wait_metric(s, "sluice_gen_ai_requests_total", 3, outcome="ok") == 3
     assert s.metric("sluice_gen_ai_requests_total", caller=caller) == 3, [
         l for l in s.metrics().splitlines() if l.startswith("sluice_gen_ai_requests_total")]
+
+
+def test_inject_with_openai_usage_null_on_every_chunk(canned_upstream, sluice_factory):
+    """OpenAI's real shape with include_usage: `"usage": null` on content chunks, then a usage-only
+    chunk. The content chunks reach the client intact; only the usage-only chunk is dropped."""
+    head = {"id": "x", "object": "chat.completion.chunk", "model": "gpt-4o-mini"}
+    content = [dict(head, choices=[{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}], usage=None),
+               dict(head, choices=[{"index": 0, "delta": {"content": " end"}, "finish_reason": "stop"}], usage=None)]
+    usage = dict(head, choices=[], usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})
+    up = b"".join(_sse(None, e) for e in content + [usage]) + b"data: [DONE]\n\n"
+    s = start(sluice_factory, canned_upstream("text/event-stream", up), inspect="{ include_usage: inject }")
+    chunks = list(client(s, headers={"x-sluice-caller": "null-usage"}).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hi end"
+    assert all(c.choices for c in chunks)
+    lab = dict(caller="null-usage", estimated="false")
+    assert wait_metric(s, "sluice_gen_ai_tokens_total", 2, gen_ai_token_type="output", **lab) == 2
+    assert tokens(s, "input", **lab) == 3
+
+
+def test_curl_json_and_stream_counted(mock, sluice_factory):
+    import subprocess
+    s = start(sluice_factory, mock.addr, inspect="{ include_usage: inject }")
+    for stream in (False, True):
+        body = json.dumps({"model": "gpt-4o-mini", "stream": stream,
+                           "messages": [{"role": "user", "content": "curl says hello"}]})
+        out = subprocess.run(["curl", "-sS", "-N", "--fail", s.url + "/v1/chat/completions",
+                              "-H", "content-type: application/json", "-H", "x-sluice-caller: curl",
+                              "-H", "x-mock-tokens: 5", "--data-binary", body],
+                             capture_output=True, check=True, timeout=20).stdout
+        if stream:
+            assert sse_data(out)[-1] == "[DONE]" and b'"usage"' not in out
+        else:
+            assert json.loads(out)["usage"]["completion_tokens"] == 5
+    lab = dict(caller="curl", estimated="false")
+    assert wait_metric(s, "sluice_gen_ai_tokens_total", 10, gen_ai_token_type="output", **lab) == 10
+    assert tokens(s, "input", **lab) == 2 * prompt_tokens("curl says hello")

@@ -340,3 +340,26 @@ def test_body_over_pii_limit_is_refused(mock, sluice_factory, actions):
     assert st == 413, data
     assert json.loads(data)["error"]["message"]
     assert upstream_bodies(mock) == []
+
+
+TRICKY = [
+    "line1\nssn: 123-45-6789\tend",
+    'quotes "123-45-6789" and \\ backslash',
+    "\U0001F600\U0001F600 ssn 123-45-6789 \u00e9\u4e2d",
+    "ssn 123-45-6789\u2028after a line separator",
+    "mail jane.doe@example.com/ssn 123-45-6789",
+]
+
+
+@pytest.mark.parametrize("ensure_ascii", [True, False], ids=["escaped", "utf8"])
+def test_redaction_offsets_survive_escapes_and_multibyte(mock, sluice_factory, ensure_ascii):
+    s = start(sluice_factory, mock.addr)
+    for text in TRICKY:
+        mock.clear()
+        body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]},
+                          ensure_ascii=ensure_ascii).encode()
+        st, _, _ = post(s.port, "/v1/chat/completions", body)
+        assert st == 200
+        [up] = upstream_bodies(mock)
+        got = json.loads(up)["messages"][0]["content"]
+        assert got == text.replace(SSN, "[REDACTED:SSN]").replace(EMAIL, "[REDACTED:EMAIL]"), (text, got)
