@@ -699,3 +699,29 @@ def test_curl_json_and_stream_counted(mock, sluice_factory):
     lab = dict(caller="curl", estimated="false")
     assert wait_metric(s, "sluice_gen_ai_tokens_total", 10, gen_ai_token_type="output", **lab) == 10
     assert tokens(s, "input", **lab) == 2 * prompt_tokens("curl says hello")
+
+
+def test_concurrent_mixed_traffic_on_two_workers_counted_exactly(mock, sluice_factory):
+    from concurrent.futures import ThreadPoolExecutor
+    text = sluice_config(mock.addr, "{port}", "{admin_port}", routes=routes("{ include_usage: inject }"),
+                         top_extra=TOP.format(sources="[header]"), workers=2)
+    s = sluice_factory(text)
+
+    def one(i):
+        c = client(s, headers={"x-sluice-caller": f"w{i % 3}", "x-mock-tokens": str(1 + i % 7)})
+        msgs = [{"role": "user", "content": f"request number {i}"}]
+        if i % 2:
+            return sum(1 for ch in c.chat.completions.create(model="gpt-4o-mini", messages=msgs, stream=True)
+                       if ch.choices and ch.choices[0].delta.content)
+        return c.chat.completions.create(model="gpt-4o-mini", messages=msgs).usage.completion_tokens
+
+    n = 30
+    with ThreadPoolExecutor(6) as ex:
+        got = list(ex.map(one, range(n)))
+    assert got == [1 + i % 7 for i in range(n)]
+    total = sum(got)
+    assert wait_metric(s, "sluice_gen_ai_tokens_total", total, gen_ai_token_type="output", estimated="false") == total
+    assert s.metric("sluice_gen_ai_tokens_total", gen_ai_token_type="input") == sum(
+        prompt_tokens(f"request number {i}") for i in range(n))
+    for k in range(3):
+        assert s.metric("sluice_gen_ai_requests_total", caller=f"w{k}", outcome="ok") == len(range(k, n, 3))
