@@ -253,9 +253,14 @@ def test_tgi_generate_stream(mock, sluice_factory):
     assert st == 200
     last = json.loads(sse_data(data)[-1])
     assert last["details"]["generated_tokens"] == 7
+    st, _, data = post(s.port, "/generate", json.dumps({"inputs": inputs}).encode(),
+                       {"x-sluice-caller": "tgi-user", "x-mock-tokens": "5"})
+    assert st == 200 and json.loads(data)["details"]["generated_tokens"] == 5
     lab = dict(caller="tgi-user", gen_ai_provider_name="tgi", estimated="false")
-    assert wait_metric(s, "sluice_gen_ai_tokens_total", 7, gen_ai_token_type="output", **lab) == 7
-    assert tokens(s, "input", **lab) == prompt_tokens(inputs)
+    assert wait_metric(s, "sluice_gen_ai_tokens_total", 12, gen_ai_token_type="output", **lab) == 12
+    assert tokens(s, "input", **lab) == 2 * prompt_tokens(inputs)
+    assert s.metric("gen_ai_client_token_usage_count", caller="tgi-user", gen_ai_operation_name="text_completion",
+                    gen_ai_token_type="output") == 2
 
 
 def test_ttft_and_time_per_output_token_recorded_for_streams(mock, sluice_factory):
@@ -393,6 +398,18 @@ def test_over_limit_pass_forwards_uninspected(mock, sluice_factory):
     assert st == 200
     assert wait_metric(s, "sluice_gen_ai_tokens_total", 1024 + 25, caller="big", gen_ai_token_type="input") == 1049
     assert s.metric("sluice_gen_ai_uninspected_total", caller="big") == 1
+
+
+def test_compressed_request_on_inspect_only_route_is_uninspected(mock, sluice_factory):
+    import gzip
+    s = start(sluice_factory, mock.addr, inspect="{ include_usage: inject }")
+    body = gzip.compress(json.dumps({"model": "gpt-4o-mini", "stream": True,
+                                     "messages": [{"role": "user", "content": "hi"}]}).encode())
+    post(s.port, "/v1/chat/completions", body, {"Content-Encoding": "gzip", "x-sluice-caller": "gz"})
+    # Forwarded as received (no PII filter decodes it), never rewritten, and counted.
+    [rec] = mock.requests()
+    assert rec["headers"].get("content-encoding") == "gzip"
+    assert wait_metric(s, "sluice_gen_ai_uninspected_total", 1, caller="gz") == 1
 
 
 def test_over_limit_reject_answers_413(mock, sluice_factory):

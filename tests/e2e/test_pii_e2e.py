@@ -247,6 +247,22 @@ def test_hash_is_a_stable_pseudonym(mock, sluice_factory):
     assert wait_metric(s, "sluice_pii_detections_total", 3, entity="EMAIL", action="hash") == 3
 
 
+def test_hash_pseudonym_stable_across_restarts_and_keyed(mock, sluice_factory):
+    pseudonyms = []
+    for key in (HASH_KEY, HASH_KEY, HASH_KEY + "-rotated"):
+        mock.clear()
+        s = start(sluice_factory, mock.addr, pii_top="{ actions: { SSN: hash }, hash_key: { env: SLUICE_PII_KEY } }",
+                  env={"SLUICE_PII_KEY": key})
+        client(s).chat.completions.create(model="gpt-4o-mini",
+                                          messages=[{"role": "user", "content": f"ssn {SSN}"}])
+        [up] = upstream_bodies(mock)
+        pseudonyms.append(json.loads(up)["messages"][0]["content"].split()[-1])
+        s.stop()
+    a, b, rotated = pseudonyms
+    assert a.startswith("[SSN:") and a == b, pseudonyms
+    assert rotated != a, "a different key must give a different pseudonym"
+
+
 def test_hash_without_key_env_refuses_to_start(mock):
     from conftest import start_sluice
     routes = "- match: { path_prefix: / }\n  upstream: mock\n  pii: { enabled: true }\n"
