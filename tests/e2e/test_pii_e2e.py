@@ -136,6 +136,23 @@ def test_detection_counter_and_no_leak_to_log_or_metrics(mock, sluice_factory):
     assert_clean(s.log())
 
 
+def test_no_leak_at_trace_log_level_with_access_log(mock, sluice_factory):
+    routes = "- match: { path_prefix: / }\n  upstream: mock\n  pii: { enabled: true }\n  inspect: { }\n"
+    top = "pii: { actions: { CREDIT_CARD: block } }\naccess_log: { enabled: true }\n"
+    s = sluice_factory(sluice_config(mock.addr, "{port}", "{admin_port}", routes=routes, top_extra=top),
+                       env={"SLUICE_LOG": "trace"})
+    post(s.port, "/v1/chat/completions", json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": f"ssn {SSN} mail {EMAIL} aws {AWS}"}]}).encode())
+    assert post(s.port, "/v1/chat/completions", json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": f"card {CARD}"}]}).encode())[0] == 400
+    assert post(s.port, "/v1/chat/completions", f'{{"model":"m","messages":[{{"content":"ssn {SSN}'.encode())[0] == 400
+    assert wait_metric(s, "sluice_pii_detections_total", 1, entity="CREDIT_CARD", action="block") == 1
+    s.stop()
+    log = s.log()
+    assert '"status":400' in log, "the access log was written"
+    assert_clean(log)
+
+
 def test_non_matching_text_forwarded_byte_identical(mock, sluice_factory):
     s = start(sluice_factory, mock.addr)
     # Odd spacing on purpose: any re-serialisation would show.
