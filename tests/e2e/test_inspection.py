@@ -742,3 +742,24 @@ def test_concurrent_mixed_traffic_on_two_workers_counted_exactly(mock, sluice_fa
         prompt_tokens(f"request number {i}") for i in range(n))
     for k in range(3):
         assert s.metric("sluice_gen_ai_requests_total", caller=f"w{k}", outcome="ok") == len(range(k, n, 3))
+
+
+@pytest.mark.parametrize("include_usage", ["off", "inject"])
+def test_client_disconnect_mid_stream_counted_as_aborted(mock, sluice_factory, include_usage):
+    import socket
+    s = start(sluice_factory, mock.addr, inspect=f"{{ include_usage: {include_usage} }}")
+    body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nx-sluice-caller: gone\r\nx-mock-tokens: 200\r\n"
+            f"x-mock-itl-ms: 10\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.sendall(head + body)
+        got = b""
+        while got.count(b"data:") < 5:
+            chunk = c.recv(65536)
+            assert chunk
+            got += chunk
+    assert wait_metric(s, "sluice_gen_ai_requests_total", 1, timeout=10, caller="gone", outcome="aborted") == 1
+    assert wait_metric(s, "sluice_streams_aborted_total", at_least=1, side="downstream") >= 1
+    out = tokens(s, "output", caller="gone")
+    assert 0 < out < 200, out
