@@ -64,16 +64,23 @@ impl Shared {
 }
 
 /// A one-shot, single-threaded event: `fire` wakes every waiter, now and later.
+///
+/// Every idle keep-alive connection waits on the worker's drain event, so waiters come and go
+/// at request rate: a waiter registers under an id and removes itself when dropped, keeping
+/// the set as large as the number of connections currently waiting (never growing with the
+/// number of requests served).
 #[derive(Default)]
 pub struct LocalEvent {
     fired: Cell<bool>,
-    wakers: RefCell<Vec<Waker>>,
+    next_id: Cell<u64>,
+    wakers: RefCell<HashMap<u64, Waker>>,
 }
 
 impl LocalEvent {
     pub fn fire(&self) {
         self.fired.set(true);
-        for w in self.wakers.borrow_mut().drain(..) {
+        let ws: Vec<Waker> = self.wakers.borrow_mut().drain().map(|(_, w)| w).collect();
+        for w in ws {
             w.wake();
         }
     }
@@ -83,25 +90,45 @@ impl LocalEvent {
     }
 
     pub fn wait(&self) -> EventWait<'_> {
-        EventWait { ev: self }
+        EventWait { ev: self, id: None }
+    }
+
+    #[cfg(test)]
+    fn waiters(&self) -> usize {
+        self.wakers.borrow().len()
     }
 }
 
 pub struct EventWait<'a> {
     ev: &'a LocalEvent,
+    id: Option<u64>,
 }
 
 impl Future for EventWait<'_> {
     type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.ev.fired.get() {
             return Poll::Ready(());
         }
-        let mut ws = self.ev.wakers.borrow_mut();
-        if !ws.iter().any(|w| w.will_wake(cx.waker())) {
-            ws.push(cx.waker().clone());
-        }
+        let id = match self.id {
+            Some(id) => id,
+            None => {
+                let id = self.ev.next_id.get();
+                self.ev.next_id.set(id.wrapping_add(1));
+                self.id = Some(id);
+                id
+            }
+        };
+        self.ev.wakers.borrow_mut().insert(id, cx.waker().clone());
         Poll::Pending
+    }
+}
+
+impl Drop for EventWait<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.ev.wakers.borrow_mut().remove(&id);
+        }
     }
 }
 
@@ -361,5 +388,30 @@ async fn tick_loop(w: Rc<Worker>) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    #[test]
+    fn event_waiters_deregister_on_drop_and_wake_on_fire() {
+        let ev = LocalEvent::default();
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for _ in 0..1000 {
+            let mut w = Box::pin(ev.wait());
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(ev.waiters(), 0, "dropped waiters must not accumulate");
+        let mut w = Box::pin(ev.wait());
+        assert!(w.as_mut().poll(&mut cx).is_pending());
+        assert!(w.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(ev.waiters(), 1);
+        ev.fire();
+        assert!(w.as_mut().poll(&mut cx).is_ready());
+        assert!(Box::pin(ev.wait()).as_mut().poll(&mut cx).is_ready());
     }
 }
