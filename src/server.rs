@@ -220,7 +220,7 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
         None => (None, None),
     };
     let (ttx, telemetry_thread) =
-        telemetry::start(cfg.telemetry.queue_batches_max, access_log, otel_tx);
+        telemetry::start(cfg.telemetry.queue_batches_max, access_log, otel_tx, prometheus.clone());
 
     let workers = cfg.workers.resolve();
     let admin_addr: SocketAddr = cfg

@@ -165,17 +165,23 @@ impl LocalTelemetry {
 }
 
 /// Start the telemetry thread. Returns the sender and the thread handle.
+/// How often the telemetry thread folds recorded histogram samples into their buckets
+/// (`metrics-exporter-prometheus` keeps raw samples until upkeep runs; without it memory grows
+/// with the request rate until the next scrape).
+pub const UPKEEP_INTERVAL_MS: u64 = 1_000;
+
 pub fn start(
     queue_batches_max: usize,
     access_log: Option<Box<dyn Write + Send>>,
     otel: Option<crate::otel::OtelTx>,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
 ) -> (TelemetryTx, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::sync_channel(queue_batches_max);
     let dropped = Arc::new(AtomicU64::new(0));
     let d2 = dropped.clone();
     let h = std::thread::Builder::new()
         .name("sluice-telemetry".into())
-        .spawn(move || run(rx, d2, access_log, otel))
+        .spawn(move || run(rx, d2, access_log, otel, prometheus))
         .expect("spawn telemetry thread");
     (TelemetryTx { tx, dropped }, h)
 }
@@ -253,14 +259,26 @@ fn run(
     dropped: Arc<AtomicU64>,
     mut access_log: Option<Box<dyn Write + Send>>,
     otel: Option<crate::otel::OtelTx>,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
 ) {
+    let mut last_upkeep = std::time::Instant::now();
     let mut snapshots: HashMap<u64, Arc<Snapshot>> = HashMap::new();
     let mut gauges: HashMap<usize, WorkerGauges> = HashMap::new();
     let mut handles = Handles::default();
     let mut gen_ai = GenAiMetrics::default();
     let mut last_dropped = 0u64;
     let mut line = Vec::with_capacity(512);
-    while let Ok(msg) = rx.recv() {
+    loop {
+        let msg = match rx.recv_timeout(std::time::Duration::from_millis(UPKEEP_INTERVAL_MS)) {
+            Ok(m) => Some(m),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if last_upkeep.elapsed() >= std::time::Duration::from_millis(UPKEEP_INTERVAL_MS) {
+            last_upkeep = std::time::Instant::now();
+            prometheus.run_upkeep();
+        }
+        let Some(msg) = msg else { continue };
         match msg {
             TelemetryMsg::Snapshot(s) => {
                 // Keep a bounded history: records of old generations may still be in flight.
