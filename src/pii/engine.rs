@@ -683,6 +683,10 @@ impl Engine {
                 }
                 i += CHUNK_BYTES;
             }
+            // then byte-wise to the interesting byte (each chunk is tested once per event)
+            while i < n && !((t[i].wrapping_sub(b'0') < 10) | (t[i] == b'@') | (t[i] == b':')) {
+                i += 1;
+            }
             if i >= n {
                 break;
             }
@@ -730,6 +734,20 @@ impl Engine {
     /// Try every numeric validator at the digit run starting at `i`; returns the furthest end.
     fn digit_candidates(&self, t: &[u8], i: usize, out: &mut Vec<Finding>) -> usize {
         let mut far = i;
+        if i > 0 && v::is_word(t[i - 1]) {
+            // glued to a word (base64, hex, identifiers): only an IBAN (`DE89...`) can start here
+            let iban_shape = i >= 2
+                && t[i - 1].is_ascii_uppercase()
+                && t[i - 2].is_ascii_uppercase()
+                && (i < 3 || !v::is_word(t[i - 3]));
+            if iban_shape && self.on(Entity::Iban) {
+                if let Some((end, c)) = v::iban(t, i - 2) {
+                    out.push(Finding { entity: Entity::Iban, start: i - 2, end, confidence: c });
+                    far = end;
+                }
+            }
+            return far;
+        }
         let mut push = |e: Entity, s: usize, r: Option<(usize, f32)>, out: &mut Vec<Finding>| {
             if let Some((end, c)) = r {
                 out.push(Finding {
