@@ -742,7 +742,12 @@ impl Engine {
                 && (i < 3 || !v::is_word(t[i - 3]));
             if iban_shape && self.on(Entity::Iban) {
                 if let Some((end, c)) = v::iban(t, i - 2) {
-                    out.push(Finding { entity: Entity::Iban, start: i - 2, end, confidence: c });
+                    out.push(Finding {
+                        entity: Entity::Iban,
+                        start: i - 2,
+                        end,
+                        confidence: c,
+                    });
                     far = end;
                 }
             }
@@ -1047,6 +1052,44 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn unanchored_custom_pattern_and_config_errors() {
+        let cfg: PiiConfig = serde_json::from_str(
+            r#"{"custom_patterns":[{"name":"TICKET","pattern":"\\bT[0-9]{5}\\b","unanchored_ok":true}],
+                "actions":{"TICKET":"log"}}"#,
+        )
+        .expect("cfg");
+        let e = Engine::new(&cfg).expect("engine");
+        let got = tags(&e, "see T12345 and XT12345");
+        assert_eq!(got, [("TICKET".to_string(), "T12345".to_string())]);
+        assert_eq!(
+            e.redact_text("see T12345").0,
+            "see T12345",
+            "log never rewrites"
+        );
+        for bad in [
+            r#"{"entities":["NOPE"]}"#,
+            r#"{"actions":{"NOPE":"redact"}}"#,
+            r#"{"custom_patterns":[{"name":"lower","pattern":"x","anchor":"x"}]}"#,
+            r#"{"custom_patterns":[{"name":"X","pattern":"(","anchor":"("}]}"#,
+            r#"{"custom_patterns":[{"name":"X","pattern":"ab","anchor":"zz"}]}"#,
+            r#"{"dictionaries":[{"name":"D","terms":[" "]}]}"#,
+            r#"{"hash_key":{"env":"A","file":"B"}}"#,
+        ] {
+            let cfg: PiiConfig = serde_json::from_str(bad).expect("parses");
+            assert!(Engine::new(&cfg).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<PiiConfig>(r#"{"dryrun":true}"#).is_err());
+        assert!(eng()
+            .with_actions(&[("NOPE".to_string(), Action::Log)].into_iter().collect())
+            .is_err());
+        let only_ssn: PiiConfig = serde_json::from_str(r#"{"entities":["SSN"]}"#).expect("cfg");
+        let e = Engine::new(&only_ssn).expect("engine");
+        assert_eq!(tags(&e, "123-45-6789 a@example.com").len(), 1);
+        let off: PiiConfig = serde_json::from_str(r#"{"enabled":false}"#).expect("cfg");
+        assert!(tags(&Engine::new(&off).expect("engine"), "123-45-6789").is_empty());
     }
 
     #[test]
