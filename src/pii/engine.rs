@@ -694,7 +694,14 @@ impl Engine {
             if b.is_ascii_digit() {
                 if want_digits && (i == 0 || !t[i - 1].is_ascii_digit()) {
                     let next = self.digit_candidates(t, i, out);
-                    let run_end = i + t[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+                    let glued = i > 0 && v::is_word(t[i - 1]);
+                    // inside a word token (base64, hex, identifiers) no numeric entity can start
+                    // before the token ends, so skip the whole token, not just the digit run
+                    let run_end = if glued {
+                        i + t[i..].iter().take_while(|&&c| v::is_word(c)).count()
+                    } else {
+                        i + t[i..].iter().take_while(|c| c.is_ascii_digit()).count()
+                    };
                     i = next.max(run_end);
                 } else {
                     i += 1;
