@@ -603,6 +603,13 @@ impl Engine {
     /// Scan `text`, replacing the contents of `out` with findings sorted by start, non-overlapping,
     /// with confidence `>= threshold`. Linear time; no allocation beyond `out` growth.
     pub fn scan(&self, text: &str, out: &mut Vec<Finding>) {
+        self.scan_from(text, 0, out);
+    }
+
+    /// Like [`Engine::scan`], but candidates starting before `min_start` are discarded *before*
+    /// overlap resolution, so text kept only as left context (streaming) never suppresses a
+    /// finding after it. `text[..min_start]` still serves for boundaries and context words.
+    pub fn scan_from(&self, text: &str, min_start: usize, out: &mut Vec<Finding>) {
         out.clear();
         let d = &*self.det;
         if !d.enabled || text.is_empty() {
@@ -637,6 +644,9 @@ impl Engine {
                     });
                 }
             }
+        }
+        if min_start > 0 {
+            out.retain(|f| f.start >= min_start);
         }
         if out.is_empty() {
             return;
