@@ -165,7 +165,7 @@ struct Detector {
     dict_ac: Option<AhoCorasick>,
     dict_entity: Vec<Entity>,
     ctx_ac: Option<AhoCorasick>,
-    ctx_words: Vec<CtxWord>,
+    ctx_words: Vec<Vec<CtxWord>>,
     window_bytes: usize,
     threshold: f32,
     boost: f32,
@@ -425,14 +425,30 @@ impl Engine {
         if words.iter().any(|w| w.is_empty()) {
             return Err(cfg_err("empty context word"));
         }
-        let ctx_ac = if words.is_empty() {
+        // dedupe words (ASCII case-insensitive) so one leftmost-longest pass reports every
+        // meaning of a word; a DFA keeps the per-window scan cheap
+        let mut uniq: Vec<String> = Vec::new();
+        let mut meanings: Vec<Vec<CtxWord>> = Vec::new();
+        for (w, cw) in words.iter().zip(ctx_words) {
+            let lw = w.to_ascii_lowercase();
+            match uniq.iter().position(|u| *u == lw) {
+                Some(k) => meanings[k].push(cw),
+                None => {
+                    uniq.push(lw);
+                    meanings.push(vec![cw]);
+                }
+            }
+        }
+        let ctx_words = meanings;
+        let ctx_ac = if uniq.is_empty() {
             None
         } else {
             Some(
                 AhoCorasickBuilder::new()
                     .ascii_case_insensitive(true)
-                    .match_kind(MatchKind::Standard)
-                    .build(&words)
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+                    .build(&uniq)
                     .map_err(|e| cfg_err(format!("context automaton: {e}")))?,
             )
         };
@@ -797,7 +813,7 @@ impl Engine {
         if self.on(Entity::IpAddress) {
             push(Entity::IpAddress, i, v::ipv4(t, i), out);
         }
-        if self.on(Entity::Iban) && i >= 2 {
+        if self.on(Entity::Iban) && i >= 2 && t[i - 1].is_ascii_uppercase() {
             push(Entity::Iban, i - 2, v::iban(t, i - 2), out);
         }
         far
@@ -882,7 +898,7 @@ impl Engine {
         let ws = f.start.saturating_sub(d.window_bytes);
         let we = (f.end + d.window_bytes).min(t.len());
         let (mut pos, mut neg) = (false, false);
-        for m in ac.find_overlapping_iter(&t[ws..we]) {
+        for m in ac.find_iter(&t[ws..we]) {
             let (s, e) = (ws + m.start(), ws + m.end());
             if (s > 0 && v::is_word(t[s - 1])) || (e < t.len() && v::is_word(t[e])) {
                 continue;
@@ -890,13 +906,16 @@ impl Engine {
             if s < f.end && e > f.start {
                 continue; // inside the match itself
             }
-            let w = &d.ctx_words[m.pattern().as_usize()];
-            if w.positive {
-                if w.entity == Some(f.entity) {
-                    pos = true;
+            for w in d
+                .ctx_words
+                .get(m.pattern().as_usize())
+                .map_or(&[][..], |v| &v[..])
+            {
+                if w.positive {
+                    pos |= w.entity == Some(f.entity);
+                } else {
+                    neg = true;
                 }
-            } else {
-                neg = true;
             }
         }
         if pos {
@@ -996,7 +1015,12 @@ fn resolve_overlaps(out: &mut Vec<Finding>) {
                 | Entity::Jwt
         )
     };
-    out.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+    let ordered = out.windows(2).all(|w| {
+        (w[0].start, std::cmp::Reverse(w[0].end)) <= (w[1].start, std::cmp::Reverse(w[1].end))
+    });
+    if !ordered {
+        out.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+    }
     let greedy = |v: &mut Vec<Finding>| {
         let mut last_end = 0;
         v.retain(|f| {
@@ -1027,9 +1051,21 @@ fn resolve_overlaps(out: &mut Vec<Finding>) {
         others.push(f);
     }
     greedy(&mut others);
-    out.extend(secrets);
-    out.extend(others);
-    out.sort_by_key(|f| f.start);
+    // linear merge of two start-sorted, mutually non-overlapping lists
+    let (mut a, mut b) = (
+        secrets.into_iter().peekable(),
+        others.into_iter().peekable(),
+    );
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.start <= y.start,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let next = if take_a { a.next() } else { b.next() };
+        out.extend(next);
+    }
 }
 
 /// Normalise a value before hashing so formatting variants pseudonymise identically
