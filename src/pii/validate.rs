@@ -25,7 +25,7 @@ pub const CONF_SSN_BARE: f32 = 0.3;
 pub const CONF_CARD_GROUPED: f32 = 0.95;
 pub const CONF_CARD_BARE: f32 = 0.85;
 pub const CONF_PHONE_INTL: f32 = 0.85;
-pub const CONF_PHONE_FORMATTED: f32 = 0.75;
+pub const CONF_PHONE_FORMATTED: f32 = 0.9;
 pub const CONF_PHONE_BARE: f32 = 0.3;
 pub const CONF_IPV4: f32 = 0.65;
 pub const CONF_IPV6: f32 = 0.85;
@@ -588,16 +588,20 @@ pub fn iban(t: &[u8], s: usize) -> Option<(usize, f32)> {
         return None;
     }
     // mod 97 over rearranged string
-    let mut r: u32 = 0;
+    // reduce only when the accumulator nears overflow: ~3 divisions per IBAN instead of ~30
+    const REDUCE_ABOVE: u64 = 1 << 56;
+    let mut r: u64 = 0;
     for &c in chars[4..len].iter().chain(chars[..4].iter()) {
         if c.is_ascii_digit() {
-            r = (r * 10 + u32::from(c - b'0')) % 97;
+            r = r * 10 + u64::from(c - b'0');
         } else {
-            let v = u32::from(c - b'A') + 10;
-            r = (r * 100 + v) % 97;
+            r = r * 100 + u64::from(c - b'A') + 10;
+        }
+        if r >= REDUCE_ABOVE {
+            r %= 97;
         }
     }
-    (r == 1).then_some((p, CONF_STRONG))
+    (r % 97 == 1).then_some((p, CONF_STRONG))
 }
 
 /// Dotted-quad IPv4 at `s`: four octets 0-255 without leading zeros.
