@@ -277,9 +277,14 @@ fn card_digits_ok(t: &[u8], s: usize, e: usize) -> bool {
     (13..=19).contains(&n) && luhn(t, s, e) && card_brand_ok(&d[..n])
 }
 
-/// NANP area code NXX: N in 2-9, not N11, middle digit not 9 (reserved).
+/// NANP area code NXX: N in 2-9, not N11, middle digit not 9, not 37X/96X (reserved).
 pub fn nanp_area_ok(a: &[u8]) -> bool {
-    a.len() == 3 && (b'2'..=b'9').contains(&a[0]) && a[1] != b'9' && !(a[1] == b'1' && a[2] == b'1')
+    a.len() == 3
+        && (b'2'..=b'9').contains(&a[0])
+        && a[1] != b'9'
+        && !(a[1] == b'1' && a[2] == b'1')
+        && !(a[0] == b'3' && a[1] == b'7')
+        && !(a[0] == b'9' && a[1] == b'6')
 }
 
 /// NANP exchange NXX: N in 2-9, not N11.
@@ -949,6 +954,8 @@ mod tests {
             "212-911-0142",
             "212-555.0142",
             "295-555-0142",
+            "372-555-0142",
+            "965-555-0142",
         ] {
             assert!(!whole(nanp, bad), "{bad}");
         }
