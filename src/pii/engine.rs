@@ -1019,7 +1019,9 @@ fn resolve_overlaps(out: &mut Vec<Finding>) {
         (w[0].start, std::cmp::Reverse(w[0].end)) <= (w[1].start, std::cmp::Reverse(w[1].end))
     });
     if !ordered {
-        out.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+        // stable sort: the candidate list is a few concatenated, nearly sorted runs (numeric pass,
+        // literal pass), which the run-detecting merge sort handles in near-linear time
+        out.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
     }
     let greedy = |v: &mut Vec<Finding>| {
         let mut last_end = 0;
