@@ -165,7 +165,7 @@ struct Detector {
     dict_ac: Option<AhoCorasick>,
     dict_entity: Vec<Entity>,
     ctx_ac: Option<AhoCorasick>,
-    ctx_words: Vec<CtxWord>,
+    ctx_words: Vec<Vec<CtxWord>>,
     window_bytes: usize,
     threshold: f32,
     boost: f32,
@@ -425,14 +425,30 @@ impl Engine {
         if words.iter().any(|w| w.is_empty()) {
             return Err(cfg_err("empty context word"));
         }
-        let ctx_ac = if words.is_empty() {
+        // dedupe words (ASCII case-insensitive) so one leftmost-longest pass reports every
+        // meaning of a word; a DFA keeps the per-window scan cheap
+        let mut uniq: Vec<String> = Vec::new();
+        let mut meanings: Vec<Vec<CtxWord>> = Vec::new();
+        for (w, cw) in words.iter().zip(ctx_words) {
+            let lw = w.to_ascii_lowercase();
+            match uniq.iter().position(|u| *u == lw) {
+                Some(k) => meanings[k].push(cw),
+                None => {
+                    uniq.push(lw);
+                    meanings.push(vec![cw]);
+                }
+            }
+        }
+        let ctx_words = meanings;
+        let ctx_ac = if uniq.is_empty() {
             None
         } else {
             Some(
                 AhoCorasickBuilder::new()
                     .ascii_case_insensitive(true)
-                    .match_kind(MatchKind::Standard)
-                    .build(&words)
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+                    .build(&uniq)
                     .map_err(|e| cfg_err(format!("context automaton: {e}")))?,
             )
         };
@@ -603,6 +619,13 @@ impl Engine {
     /// Scan `text`, replacing the contents of `out` with findings sorted by start, non-overlapping,
     /// with confidence `>= threshold`. Linear time; no allocation beyond `out` growth.
     pub fn scan(&self, text: &str, out: &mut Vec<Finding>) {
+        self.scan_from(text, 0, out);
+    }
+
+    /// Like [`Engine::scan`], but candidates starting before `min_start` are discarded *before*
+    /// overlap resolution, so text kept only as left context (streaming) never suppresses a
+    /// finding after it. `text[..min_start]` still serves for boundaries and context words.
+    pub fn scan_from(&self, text: &str, min_start: usize, out: &mut Vec<Finding>) {
         out.clear();
         let d = &*self.det;
         if !d.enabled || text.is_empty() {
@@ -637,6 +660,9 @@ impl Engine {
                     });
                 }
             }
+        }
+        if min_start > 0 {
+            out.retain(|f| f.start >= min_start);
         }
         if out.is_empty() {
             return;
@@ -683,6 +709,10 @@ impl Engine {
                 }
                 i += CHUNK_BYTES;
             }
+            // then byte-wise to the interesting byte (each chunk is tested once per event)
+            while i < n && !((t[i].wrapping_sub(b'0') < 10) | (t[i] == b'@') | (t[i] == b':')) {
+                i += 1;
+            }
             if i >= n {
                 break;
             }
@@ -690,7 +720,14 @@ impl Engine {
             if b.is_ascii_digit() {
                 if want_digits && (i == 0 || !t[i - 1].is_ascii_digit()) {
                     let next = self.digit_candidates(t, i, out);
-                    let run_end = i + t[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+                    let glued = i > 0 && v::is_word(t[i - 1]);
+                    // inside a word token (base64, hex, identifiers) no numeric entity can start
+                    // before the token ends, so skip the whole token, not just the digit run
+                    let run_end = if glued {
+                        i + t[i..].iter().take_while(|&&c| v::is_word(c)).count()
+                    } else {
+                        i + t[i..].iter().take_while(|c| c.is_ascii_digit()).count()
+                    };
                     i = next.max(run_end);
                 } else {
                     i += 1;
@@ -730,6 +767,25 @@ impl Engine {
     /// Try every numeric validator at the digit run starting at `i`; returns the furthest end.
     fn digit_candidates(&self, t: &[u8], i: usize, out: &mut Vec<Finding>) -> usize {
         let mut far = i;
+        if i > 0 && v::is_word(t[i - 1]) {
+            // glued to a word (base64, hex, identifiers): only an IBAN (`DE89...`) can start here
+            let iban_shape = i >= 2
+                && t[i - 1].is_ascii_uppercase()
+                && t[i - 2].is_ascii_uppercase()
+                && (i < 3 || !v::is_word(t[i - 3]));
+            if iban_shape && self.on(Entity::Iban) {
+                if let Some((end, c)) = v::iban(t, i - 2) {
+                    out.push(Finding {
+                        entity: Entity::Iban,
+                        start: i - 2,
+                        end,
+                        confidence: c,
+                    });
+                    far = end;
+                }
+            }
+            return far;
+        }
         let mut push = |e: Entity, s: usize, r: Option<(usize, f32)>, out: &mut Vec<Finding>| {
             if let Some((end, c)) = r {
                 out.push(Finding {
@@ -757,7 +813,7 @@ impl Engine {
         if self.on(Entity::IpAddress) {
             push(Entity::IpAddress, i, v::ipv4(t, i), out);
         }
-        if self.on(Entity::Iban) && i >= 2 {
+        if self.on(Entity::Iban) && i >= 2 && t[i - 1].is_ascii_uppercase() {
             push(Entity::Iban, i - 2, v::iban(t, i - 2), out);
         }
         far
@@ -842,7 +898,7 @@ impl Engine {
         let ws = f.start.saturating_sub(d.window_bytes);
         let we = (f.end + d.window_bytes).min(t.len());
         let (mut pos, mut neg) = (false, false);
-        for m in ac.find_overlapping_iter(&t[ws..we]) {
+        for m in ac.find_iter(&t[ws..we]) {
             let (s, e) = (ws + m.start(), ws + m.end());
             if (s > 0 && v::is_word(t[s - 1])) || (e < t.len() && v::is_word(t[e])) {
                 continue;
@@ -850,13 +906,16 @@ impl Engine {
             if s < f.end && e > f.start {
                 continue; // inside the match itself
             }
-            let w = &d.ctx_words[m.pattern().as_usize()];
-            if w.positive {
-                if w.entity == Some(f.entity) {
-                    pos = true;
+            for w in d
+                .ctx_words
+                .get(m.pattern().as_usize())
+                .map_or(&[][..], |v| &v[..])
+            {
+                if w.positive {
+                    pos |= w.entity == Some(f.entity);
+                } else {
+                    neg = true;
                 }
-            } else {
-                neg = true;
             }
         }
         if pos {
@@ -956,7 +1015,14 @@ fn resolve_overlaps(out: &mut Vec<Finding>) {
                 | Entity::Jwt
         )
     };
-    out.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+    let ordered = out.windows(2).all(|w| {
+        (w[0].start, std::cmp::Reverse(w[0].end)) <= (w[1].start, std::cmp::Reverse(w[1].end))
+    });
+    if !ordered {
+        // stable sort: the candidate list is a few concatenated, nearly sorted runs (numeric pass,
+        // literal pass), which the run-detecting merge sort handles in near-linear time
+        out.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+    }
     let greedy = |v: &mut Vec<Finding>| {
         let mut last_end = 0;
         v.retain(|f| {
@@ -987,9 +1053,21 @@ fn resolve_overlaps(out: &mut Vec<Finding>) {
         others.push(f);
     }
     greedy(&mut others);
-    out.extend(secrets);
-    out.extend(others);
-    out.sort_by_key(|f| f.start);
+    // linear merge of two start-sorted, mutually non-overlapping lists
+    let (mut a, mut b) = (
+        secrets.into_iter().peekable(),
+        others.into_iter().peekable(),
+    );
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.start <= y.start,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let next = if take_a { a.next() } else { b.next() };
+        out.extend(next);
+    }
 }
 
 /// Normalise a value before hashing so formatting variants pseudonymise identically
@@ -1029,6 +1107,44 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn unanchored_custom_pattern_and_config_errors() {
+        let cfg: PiiConfig = serde_json::from_str(
+            r#"{"custom_patterns":[{"name":"TICKET","pattern":"\\bT[0-9]{5}\\b","unanchored_ok":true}],
+                "actions":{"TICKET":"log"}}"#,
+        )
+        .expect("cfg");
+        let e = Engine::new(&cfg).expect("engine");
+        let got = tags(&e, "see T12345 and XT12345");
+        assert_eq!(got, [("TICKET".to_string(), "T12345".to_string())]);
+        assert_eq!(
+            e.redact_text("see T12345").0,
+            "see T12345",
+            "log never rewrites"
+        );
+        for bad in [
+            r#"{"entities":["NOPE"]}"#,
+            r#"{"actions":{"NOPE":"redact"}}"#,
+            r#"{"custom_patterns":[{"name":"lower","pattern":"x","anchor":"x"}]}"#,
+            r#"{"custom_patterns":[{"name":"X","pattern":"(","anchor":"("}]}"#,
+            r#"{"custom_patterns":[{"name":"X","pattern":"ab","anchor":"zz"}]}"#,
+            r#"{"dictionaries":[{"name":"D","terms":[" "]}]}"#,
+            r#"{"hash_key":{"env":"A","file":"B"}}"#,
+        ] {
+            let cfg: PiiConfig = serde_json::from_str(bad).expect("parses");
+            assert!(Engine::new(&cfg).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<PiiConfig>(r#"{"dryrun":true}"#).is_err());
+        assert!(eng()
+            .with_actions(&[("NOPE".to_string(), Action::Log)].into_iter().collect())
+            .is_err());
+        let only_ssn: PiiConfig = serde_json::from_str(r#"{"entities":["SSN"]}"#).expect("cfg");
+        let e = Engine::new(&only_ssn).expect("engine");
+        assert_eq!(tags(&e, "123-45-6789 a@example.com").len(), 1);
+        let off: PiiConfig = serde_json::from_str(r#"{"enabled":false}"#).expect("cfg");
+        assert!(tags(&Engine::new(&off).expect("engine"), "123-45-6789").is_empty());
     }
 
     #[test]

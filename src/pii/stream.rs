@@ -114,6 +114,7 @@ impl StreamRedactor {
                 let e = *e;
                 let n = rest.bytes().take_while(|&b| is_run_byte(e, b)).count();
                 self.base += n;
+                push_ctx(&mut self.ctx, &rest[..n]);
                 if n == rest.len() {
                     return out;
                 }
@@ -126,6 +127,10 @@ impl StreamRedactor {
                 if let Some(end) = pem_footer_end(carry) {
                     let consumed_new = end.saturating_sub(keep_from);
                     self.base += consumed_new;
+                    let footer_start =
+                        floor_boundary(carry, end.saturating_sub(CONTEXT_KEEP_BYTES));
+                    let swallowed = carry[footer_start..end].to_string();
+                    push_ctx(&mut self.ctx, &swallowed);
                     owned = carry[end..].to_string();
                     rest = &owned;
                     self.swallow = Swallow::None;
@@ -159,7 +164,7 @@ impl StreamRedactor {
         self.buf.push_str(&self.pending);
         let ctx_len = self.ctx.len();
         let len = self.buf.len();
-        eng.scan(&self.buf, &mut self.scratch);
+        eng.scan_from(&self.buf, ctx_len, &mut self.scratch);
         let mut r = if fin {
             len
         } else {
@@ -242,6 +247,14 @@ impl StreamRedactor {
             None => {}
         }
     }
+}
+
+/// Append swallowed original text to the left context, keeping its last
+/// `CONTEXT_KEEP_BYTES` (so boundaries after a swallowed secret match whole-text scanning).
+fn push_ctx(ctx: &mut String, s: &str) {
+    ctx.push_str(s);
+    let cut = floor_boundary(ctx, ctx.len().saturating_sub(CONTEXT_KEEP_BYTES));
+    ctx.drain(..cut);
 }
 
 /// End offset of a `-----END ...-----` footer in `s`, if complete.

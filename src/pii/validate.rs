@@ -25,7 +25,7 @@ pub const CONF_SSN_BARE: f32 = 0.3;
 pub const CONF_CARD_GROUPED: f32 = 0.95;
 pub const CONF_CARD_BARE: f32 = 0.85;
 pub const CONF_PHONE_INTL: f32 = 0.85;
-pub const CONF_PHONE_FORMATTED: f32 = 0.75;
+pub const CONF_PHONE_FORMATTED: f32 = 0.9;
 pub const CONF_PHONE_BARE: f32 = 0.3;
 pub const CONF_IPV4: f32 = 0.65;
 pub const CONF_IPV6: f32 = 0.85;
@@ -277,9 +277,14 @@ fn card_digits_ok(t: &[u8], s: usize, e: usize) -> bool {
     (13..=19).contains(&n) && luhn(t, s, e) && card_brand_ok(&d[..n])
 }
 
-/// NANP area code NXX: N in 2-9, not N11, middle digit not 9 (reserved).
+/// NANP area code NXX: N in 2-9, not N11, middle digit not 9, not 37X/96X (reserved).
 pub fn nanp_area_ok(a: &[u8]) -> bool {
-    a.len() == 3 && (b'2'..=b'9').contains(&a[0]) && a[1] != b'9' && !(a[1] == b'1' && a[2] == b'1')
+    a.len() == 3
+        && (b'2'..=b'9').contains(&a[0])
+        && a[1] != b'9'
+        && !(a[1] == b'1' && a[2] == b'1')
+        && !(a[0] == b'3' && a[1] == b'7')
+        && !(a[0] == b'9' && a[1] == b'6')
 }
 
 /// NANP exchange NXX: N in 2-9, not N11.
@@ -588,16 +593,20 @@ pub fn iban(t: &[u8], s: usize) -> Option<(usize, f32)> {
         return None;
     }
     // mod 97 over rearranged string
-    let mut r: u32 = 0;
+    // reduce only when the accumulator nears overflow: ~3 divisions per IBAN instead of ~30
+    const REDUCE_ABOVE: u64 = 1 << 56;
+    let mut r: u64 = 0;
     for &c in chars[4..len].iter().chain(chars[..4].iter()) {
         if c.is_ascii_digit() {
-            r = (r * 10 + u32::from(c - b'0')) % 97;
+            r = r * 10 + u64::from(c - b'0');
         } else {
-            let v = u32::from(c - b'A') + 10;
-            r = (r * 100 + v) % 97;
+            r = r * 100 + u64::from(c - b'A') + 10;
+        }
+        if r >= REDUCE_ABOVE {
+            r %= 97;
         }
     }
-    (r == 1).then_some((p, CONF_STRONG))
+    (r % 97 == 1).then_some((p, CONF_STRONG))
 }
 
 /// Dotted-quad IPv4 at `s`: four octets 0-255 without leading zeros.
@@ -945,6 +954,8 @@ mod tests {
             "212-911-0142",
             "212-555.0142",
             "295-555-0142",
+            "372-555-0142",
+            "965-555-0142",
         ] {
             assert!(!whole(nanp, bad), "{bad}");
         }

@@ -114,6 +114,8 @@ def nanp_part(first_min=2):
 
 def phone():
     area, exch = nanp_part(), nanp_part()
+    while area[:2] in ("37", "96"):  # reserved NANP area code blocks
+        area = nanp_part()
     while exch[1:] == "11":
         exch = nanp_part()
     sub = f"{R.randint(0, 9999):04d}"
