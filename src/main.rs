@@ -49,6 +49,28 @@ fn init_logging(format: &str) {
     }
 }
 
+/// mimalloc's `arena_eager_commit` option (`mi_option_e` value 4 in mimalloc 2.x; the sys crate
+/// has no constant for it).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Runs before `main` (and before any thread exists), from `.init_array`.
+///
+/// Why: with eager arena commit, mimalloc commits its first arena at once, and with transparent
+/// huge pages the kernel backs it with 2 MiB pages on first touch: an idle sidecar showed 21 MB
+/// RSS instead of 9.5 MB. Lazy commit costs nothing measurable on the request path (arenas are
+/// committed once, as they fill). `MIMALLOC_ARENA_EAGER_COMMIT` in the environment still wins.
+extern "C" fn lazy_arena_commit() {
+    if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+        // SAFETY: sets a process-wide allocator option before any allocation-heavy work;
+        // mimalloc documents options as settable at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static LAZY_ARENA_COMMIT: extern "C" fn() = lazy_arena_commit;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {

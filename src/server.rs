@@ -219,8 +219,12 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
         Some((tx, h)) => (Some(tx), Some(h)),
         None => (None, None),
     };
-    let (ttx, telemetry_thread) =
-        telemetry::start(cfg.telemetry.queue_batches_max, access_log, otel_tx, prometheus.clone());
+    let (ttx, telemetry_thread) = telemetry::start(
+        cfg.telemetry.queue_batches_max,
+        access_log,
+        otel_tx,
+        prometheus.clone(),
+    );
 
     let workers = cfg.workers.resolve();
     let admin_addr: SocketAddr = cfg
