@@ -19,7 +19,7 @@ results=loadtest/results
 mkdir -p "$results"
 extra=""
 if [ -n "${QUICK:-}" ]; then extra="--rounds 1 --duration 3s --warmup 1s"; fi
-for sc in ${SCENARIOS:-chat-small chat-sse pii-32k error-mix long-streams}; do
+for sc in ${SCENARIOS:-chat-small chat-rate-2000 chat-sse pii-32k error-mix long-streams}; do
     echo "== $sc" >&2
     # shellcheck disable=SC2086
     "$bin" compare --config loadtest/peers/compare.yaml --scenario "loadtest/scenarios/$sc.yaml" \

@@ -284,15 +284,15 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
         uring,
     });
 
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    // Pin to the CPUs this process may use (taskset, a Kubernetes cpuset), not to 0..n: a
+    // sidecar limited to CPU 3 must not pin its worker to CPU 0.
+    let cores = allowed_cpus();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut handles = Vec::with_capacity(workers);
     for id in 0..workers {
         let shared = shared.clone();
         let ready_tx = ready_tx.clone();
-        let core = Some(id % cores);
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let h = std::thread::Builder::new()
             .name(format!("sluice-worker-{id}"))
             .spawn(move || worker::run_worker(id, core, shared, ready_tx))
@@ -346,6 +346,20 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
         h.shutdown();
     }
     Ok(())
+}
+
+/// The CPUs in this process's affinity mask, in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
 }
 
 fn start_signal_thread(control: Arc<Control>) -> Result<(), StartError> {

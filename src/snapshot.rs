@@ -292,10 +292,7 @@ fn build_route(
                 e = e.with_dry_run(d);
             }
             body_bytes_max = body_bytes_max.max(e.body_bytes_max());
-            fails_closed = !e.dry_run()
-                && crate::pii::BUILTIN_ENTITIES
-                    .iter()
-                    .any(|x| e.action_for(*x) == crate::pii::Action::Block);
+            fails_closed = e.can_block();
             filters.push(Filter::Pii(PiiFilter {
                 engine: Arc::new(e),
             }));

@@ -131,6 +131,7 @@ impl Workers {
     pub fn resolve(self) -> usize {
         match self {
             Workers::Count(n) => n,
+            // available_parallelism honours the affinity mask (taskset, cpusets).
             Workers::Auto => std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),

@@ -117,6 +117,8 @@ pub struct ExchangeCtx {
     pub last_content_at: Option<Instant>,
     pub content_events: u64,
     pub streaming: bool,
+    /// The upstream's response status (0 before the response head).
+    pub response_status: u16,
 }
 
 impl ExchangeCtx {
@@ -135,6 +137,7 @@ impl ExchangeCtx {
             last_content_at: None,
             content_events: 0,
             streaming: false,
+            response_status: 0,
         }
     }
 }
@@ -177,9 +180,13 @@ pub fn caller_of(cfg: &CallerConfig, head: &RequestHead, peer: std::net::SocketA
                 }
             }
             CallerSource::ApiKeyHash => {
+                // The auth scheme is case-insensitive (RFC 9110 §11.1): `bearer k` is `Bearer k`.
                 let key = head
                     .header("authorization")
-                    .map(|v| v.strip_prefix(b"Bearer ").unwrap_or(v))
+                    .map(|v| match v.get(..7) {
+                        Some(p) if p.eq_ignore_ascii_case(b"bearer ") => &v[7..],
+                        _ => v,
+                    })
                     .or_else(|| head.header("x-api-key"));
                 if let Some(k) = key {
                     let d = sha2::Sha256::digest(k);
@@ -363,6 +370,7 @@ impl Chain {
     /// Phase 4. Returns true when the response body must go through
     /// [`Chain::rewrite_response_data`] instead of being forwarded verbatim.
     pub async fn on_response_head(&self, ctx: &mut ExchangeCtx, r: &ResponseHead) -> bool {
+        ctx.response_status = r.status();
         let Some(d) = ctx.dialect else { return false };
         if self.inspect().is_none() {
             return false;
@@ -452,7 +460,16 @@ impl Chain {
                 ..Default::default()
             }));
         }
-        let report = ctx.usage.as_mut().map(|a| a.finish(aborted));
+        let mut report = ctx.usage.as_mut().map(|a| a.finish(aborted));
+        // A refusal (429, 5xx, 4xx) that reports no usage was not processed by the provider:
+        // nothing is billed, so nothing is estimated either.
+        if !(200..300).contains(&ctx.response_status) {
+            if let Some(r) = report.as_mut() {
+                if r.usage.as_ref().is_some_and(|u| u.estimated) {
+                    r.usage = None;
+                }
+            }
+        }
         let now_unix_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

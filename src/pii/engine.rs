@@ -596,6 +596,12 @@ impl Engine {
             .unwrap_or_else(|| Arc::from("UNKNOWN"))
     }
 
+    /// True when some entity, built-in or custom (patterns, dictionaries), is configured to
+    /// `block` and the engine is not in dry-run: a body it cannot read must then be refused.
+    pub fn can_block(&self) -> bool {
+        !self.dry_run && self.actions.iter().any(|a| *a == Action::Block)
+    }
+
     /// Configured action for an entity.
     pub fn action_for(&self, e: Entity) -> Action {
         self.actions.get(slot(e)).copied().unwrap_or(Action::Redact)

@@ -50,9 +50,13 @@ use crate::worker::{ConnGuard, Worker};
 /// Initial capacity of a client connection's read buffer. Small, because most of a sidecar's
 /// connections are idle keep-alives or long streams that read nothing from the client.
 pub const CLIENT_READ_BYTES_INITIAL: usize = 4 * 1024;
-/// Capacity of the buffer an exchange reads the upstream's response into. Every read is
-/// forwarded at once, so this bounds per-stream memory, not latency.
-pub const UPSTREAM_READ_BYTES: usize = 8 * 1024;
+/// First capacity of the buffer an exchange reads the upstream's response into. Every read is
+/// forwarded at once, so this bounds per-stream memory, not latency: a token stream's events
+/// are far smaller. A read that fills the buffer doubles it (up to
+/// [`UPSTREAM_READ_BYTES_MAX`]), so large bodies still move in large reads.
+pub const UPSTREAM_READ_BYTES: usize = 4 * 1024;
+/// Largest capacity the response read buffer grows to.
+pub const UPSTREAM_READ_BYTES_MAX: usize = 64 * 1024;
 /// A read buffer that grew beyond this (a large head or body) is shrunk back between requests.
 pub const READ_BUFFER_KEEP_BYTES_MAX: usize = 64 * 1024;
 /// Body bytes that are copied behind a head into one write instead of a second write.
@@ -732,7 +736,11 @@ impl<'a> Exchange<'a> {
                 }
                 break Ok(());
             }
-            // 4. Read more.
+            // 4. Read more. A previous read that filled the buffer means a large body: grow.
+            if ubuf.len() == ubuf.capacity() && ubuf.capacity() < UPSTREAM_READ_BYTES_MAX {
+                let cap = ubuf.capacity();
+                ubuf.reserve(cap);
+            }
             ubuf.clear();
             let read = conn.io.read_append(ubuf);
             let r = match total_deadline {
@@ -906,8 +914,14 @@ impl<'a> Exchange<'a> {
     ) -> (Result<u64, ProxyError>, Vec<u8>) {
         let idle = Duration::from_millis(route.body_idle_timeout_ms);
         let mut total = 0u64;
+        let mut last_read = 0usize;
         loop {
             debug_assert!(rbuf.is_empty());
+            // A read that filled the buffer means a large body: read it in larger pieces.
+            if last_read == rbuf.capacity() && rbuf.capacity() < UPSTREAM_READ_BYTES_MAX {
+                let cap = rbuf.capacity();
+                rbuf.reserve(cap);
+            }
             let (res, b) = match monoio::time::timeout(idle, client.read_append(rbuf)).await {
                 Ok(r) => r,
                 Err(_) => {
@@ -920,7 +934,7 @@ impl<'a> Exchange<'a> {
             rbuf = b;
             match res {
                 Ok(0) | Err(_) => return (Err(ProxyError::ClientClosed), rbuf),
-                Ok(_) => {}
+                Ok(n) => last_read = n,
             }
             let p = match decoder.advance(&rbuf, |_| {}) {
                 Ok(p) => p,

@@ -16,8 +16,11 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-/// Bytes added to a read buffer's capacity when it is full before a read.
+/// Smallest growth of a full read buffer before a read.
 pub const READ_RESERVE_BYTES: usize = 4096;
+/// A full read buffer doubles (a large body then moves in few, large reads) up to this size;
+/// beyond it, it grows by this much per read.
+pub const READ_GROW_BYTES_MAX: usize = 64 * 1024;
 
 pub enum Io {
     Tcp(TcpStream),
@@ -32,7 +35,10 @@ impl Io {
     /// Read once, appending to `buf`. Returns the number of bytes read (0 = closed).
     pub async fn read_append(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         if buf.len() == buf.capacity() {
-            buf.reserve(READ_RESERVE_BYTES);
+            let grow = buf
+                .capacity()
+                .clamp(READ_RESERVE_BYTES, READ_GROW_BYTES_MAX);
+            buf.reserve(grow);
         }
         let len = buf.len();
         let slice = buf.slice_mut(len..);

@@ -424,12 +424,6 @@ def test_builtin_block_fails_closed_on_unreadable_body(mock, sluice_factory):
     assert all("EMP-123456" not in b for b in upstream_bodies(mock))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sluice bug: fail-closed only considers built-in entities (snapshot.rs build_route: "
-    "BUILTIN_ENTITIES.any(action == Block)); a policy that blocks a custom pattern or dictionary "
-    "entity forwards a body over the read limit uninspected with over_limit: pass, so the blocked "
-    "value reaches the upstream (expected 413, per docs/configuration.md: a route whose PII policy "
-    "can block always rejects)"))
 @pytest.mark.parametrize("entity", ["EMPLOYEE_ID", "CUSTOMER"])
 def test_custom_entity_block_fails_closed_on_unreadable_body(mock, sluice_factory, entity):
     st_small, st, data = _over_read_limit(mock, sluice_factory, f"{{ {entity}: block }}")
