@@ -520,6 +520,36 @@ fn write_access_line(out: &mut Vec<u8>, s: &Snapshot, r: &RequestRecord, a: &Acc
         out.extend_from_slice(b",\"error\":");
         js(out, r.error_code);
     }
+    if let Some(g) = &r.gen_ai {
+        out.extend_from_slice(b",\"caller\":");
+        js(out, &g.caller);
+        if !g.provider.is_empty() {
+            out.extend_from_slice(b",\"provider\":");
+            js(out, g.provider);
+        }
+        if let Some(m) = &g.request_model {
+            out.extend_from_slice(b",\"model\":");
+            js(out, m);
+        }
+        if let Some(m) = &g.response_model {
+            out.extend_from_slice(b",\"response_model\":");
+            js(out, m);
+        }
+        let _ = write!(out, ",\"stream\":{}", g.stream);
+        if let Some(u) = &g.usage {
+            let _ = write!(
+                out,
+                ",\"input_tokens\":{},\"output_tokens\":{},\"tokens_estimated\":{}",
+                u.input_tokens, u.output_tokens, u.estimated
+            );
+        }
+        if let Some(t) = g.ttft_us {
+            let _ = write!(out, ",\"ttft_us\":{t}");
+        }
+        if !g.pii.is_empty() {
+            let _ = write!(out, ",\"pii_detections\":{}", g.pii.len());
+        }
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -536,11 +566,26 @@ impl GenAiMetrics {
     fn apply(&mut self, s: &Snapshot, r: &RequestRecord, g: &crate::filter::GenAiRecord) {
         let tcfg = &s.config.telemetry;
         let caller = self.callers.label(&g.caller, tcfg.caller_labels_max);
-        for (entity, action, direction) in &g.pii {
+        for a in &g.pii {
             metrics::counter!(names::PII_DETECTIONS_TOTAL,
-                "entity" => entity.to_string(), "action" => *action,
-                "direction" => *direction, "caller" => caller.to_string())
+                "entity" => a.entity.to_string(), "action" => a.action,
+                "direction" => a.direction, "caller" => caller.to_string())
             .increment(1);
+            // The audit trail: one event per detection, with where it was and what was done,
+            // never the value.
+            tracing::info!(
+                target: "sluice::audit",
+                event = "pii_detection",
+                entity = %a.entity,
+                action = a.action,
+                direction = a.direction,
+                path = %a.path,
+                start = a.start,
+                end = a.end,
+                caller = %g.caller,
+                status = r.status,
+                "PII detected"
+            );
         }
         if g.provider.is_empty() {
             return;

@@ -172,6 +172,138 @@ fn row(t: &TargetReport, envoy: Option<&TargetReport>) -> String {
 
 /// Renders the Markdown document. `md_dir` is where it will live (for chart links);
 /// `results_dir` is where the JSON and SVG files are.
+fn find<'a>(
+    reports: &'a [CompareReport],
+    scenario: &str,
+    target: &str,
+) -> Option<&'a TargetReport> {
+    reports
+        .iter()
+        .find(|r| r.scenario == scenario)?
+        .targets
+        .iter()
+        .find(|t| t.name == target && t.result.is_some())
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "n/a".into(),
+    }
+}
+
+fn verdict(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+/// The figures the project's goals are stated in, computed from the same runs as the tables
+/// below (ratios from one invocation each, so machine drift hits every target alike).
+fn goals(reports: &[CompareReport]) -> String {
+    let rps = |sc: &str, t: &str| {
+        find(reports, sc, t)
+            .and_then(|x| x.result.as_ref())
+            .map(|r| r.rps)
+    };
+    let lat = |sc: &str, t: &str| {
+        find(reports, sc, t)
+            .and_then(|x| x.result.as_ref())
+            .map(|r| r.latency_us.clone())
+    };
+    let ttft = |sc: &str, t: &str| {
+        find(reports, sc, t)
+            .and_then(|x| x.result.as_ref())
+            .and_then(|r| r.ttft_us.clone())
+    };
+    let mut s = String::from("## Goals\n\n| figure | how | sluice | envoy (same run) | goal | verdict |\n|---|---|---|---|---|---|\n");
+    // Throughput.
+    let (sr, er, dr) = (
+        rps("chat-small", "sluice"),
+        rps("chat-small", "envoy"),
+        rps("chat-small", "direct"),
+    );
+    s.push_str(&format!(
+        "| throughput, small chat JSON | chat-small, closed loop, 1 worker each | {} req/s ({} of direct) | {} req/s | ≥ 1.5x envoy | {} ({} envoy) |\n",
+        sr.map(|x| format!("{x:.0}")).unwrap_or("n/a".into()),
+        ratio(sr, dr),
+        er.map(|x| format!("{x:.0}")).unwrap_or("n/a".into()),
+        verdict(sr.zip(er).map(|(a, b)| a >= 1.5 * b)),
+        ratio(sr, er)
+    ));
+    // Overhead at a fixed rate.
+    let d = lat("chat-rate-2000", "direct");
+    let over = |t: &str, f: fn(&crate::run::stats::Percentiles) -> u64| {
+        lat("chat-rate-2000", t)
+            .zip(d.clone())
+            .map(|(a, b)| f(&a) as i64 - f(&b) as i64)
+    };
+    let p50 = |x: &crate::run::stats::Percentiles| x.p50;
+    let p99 = |x: &crate::run::stats::Percentiles| x.p99;
+    let us = |v: Option<i64>| v.map(|v| format!("{v:+} us")).unwrap_or("n/a".into());
+    s.push_str(&format!(
+        "| added latency p50 | chat-rate-2000, 2,000 req/s open loop | {} | {} | (context) | - |\n",
+        us(over("sluice", p50)),
+        us(over("envoy", p50))
+    ));
+    s.push_str(&format!(
+        "| added latency p99 | chat-rate-2000, 2,000 req/s open loop | {} | {} | ≤ 100 us | {} |\n",
+        us(over("sluice", p99)),
+        us(over("envoy", p99)),
+        verdict(over("sluice", p99).map(|v| v <= 100))
+    ));
+    // TTFT overhead.
+    let td = ttft("chat-sse", "direct");
+    let tover = |t: &str| {
+        ttft("chat-sse", t)
+            .zip(td.clone())
+            .map(|(a, b)| a.p99 as i64 - b.p99 as i64)
+    };
+    s.push_str(&format!(
+        "| time-to-first-token overhead p99 | chat-sse, 64 tokens, 50 streams | {} | {} | ≤ 50 us | {} |\n",
+        us(tover("sluice")),
+        us(tover("envoy")),
+        verdict(tover("sluice").map(|v| v <= 50))
+    ));
+    // Memory per stream.
+    let mps = |t: &str| find(reports, "long-streams", t).and_then(|x| x.mem_per_stream_bytes);
+    let kib = |v: Option<f64>| {
+        v.map(|v| format!("{:.1} KiB", v / 1024.0))
+            .unwrap_or("n/a".into())
+    };
+    s.push_str(&format!(
+        "| memory per open stream | long-streams, 1,000 concurrent streams | {} | {} | ≤ 16 KiB | {} |\n",
+        kib(mps("sluice")),
+        kib(mps("envoy")),
+        verdict(mps("sluice").map(|v| v <= 16.0 * 1024.0))
+    ));
+    // Filters against envoy-lua.
+    let (fr, lr) = (
+        rps("pii-32k", "sluice-filters"),
+        rps("pii-32k", "envoy-lua"),
+    );
+    s.push_str(&format!(
+        "| redaction + token extraction throughput | pii-32k, sluice-filters vs envoy-lua | {} req/s | {} req/s (envoy-lua) | ≥ 3x envoy-lua | {} ({}) |\n",
+        fr.map(|x| format!("{x:.0}")).unwrap_or("n/a".into()),
+        lr.map(|x| format!("{x:.0}")).unwrap_or("n/a".into()),
+        verdict(fr.zip(lr).map(|(a, b)| a >= 3.0 * b)),
+        ratio(fr, lr)
+    ));
+    // Cost of inspection + redaction at a fixed rate.
+    let fo = lat("chat-rate-2000", "sluice-filters")
+        .zip(lat("chat-rate-2000", "sluice"))
+        .map(|(a, b)| a.p50 as i64 - b.p50 as i64);
+    s.push_str(&format!(
+        "| inspection + redaction, small chat | chat-rate-2000, sluice-filters minus sluice, p50 | {} | - | ≤ 10 us (inspection) | {} |\n\n",
+        us(fo),
+        verdict(fo.map(|v| v <= 10))
+    ));
+    s.push_str("Figures are from this machine's 2 shared cores: compare ratios, not absolute times. Idle RSS and the criterion micro-benchmarks are in `docs/microbenchmarks.md`.\n\n");
+    s
+}
+
 pub fn render(reports: &[CompareReport], md_dir: &Path, results_dir: &Path) -> String {
     let first = &reports[0];
     let mut s = String::new();
@@ -187,6 +319,7 @@ pub fn render(reports: &[CompareReport], md_dir: &Path, results_dir: &Path) -> S
     s.push_str(&format!("- Core layout: {}\n", first.layout));
     s.push_str("- Method: every scenario runs against all targets in interleaved rounds (direct, sluice, envoy, envoy-lua, nginx, direct, ...) so machine drift hits all alike; percentiles come from HdrHistograms merged over the rounds. Open-loop latency is measured from the intended send time (coordinated omission corrected). Overhead = target percentile minus the direct (no proxy) percentile. CPU = user+system time of the proxy process tree during the measure windows (from /proc), RSS = peak VmHWM.\n");
     s.push_str("- Reproduce: `loadtest/report.sh` (builds release, installs Envoy into loadtest/peers/.venv, runs every scenario, regenerates this file). Exact commands per scenario are listed below.\n\n");
+    s.push_str(&goals(reports));
     for r in reports {
         s.push_str(&format!("## {}\n\n", r.scenario));
         if !r.description.is_empty() {

@@ -1,6 +1,7 @@
 //! End-to-end: start the mock (as a separate process, like CI would), run `compare` for about
-//! two seconds with two targets pointing at it, and check the JSON report's structure and
-//! sanity (positive numbers only; no performance assertions). Also checks the error paths:
+//! two seconds against it directly and through sluice (which `compare` starts itself, so its
+//! CPU and RSS are recorded), and check the JSON report's structure and sanity (positive
+//! numbers only; no performance assertions). Also checks the error paths:
 //! a target that does not answer, and a scenario with an unknown field.
 
 use std::io::{BufRead, BufReader};
@@ -46,17 +47,53 @@ fn write_scenario(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     p
 }
 
+/// The sluice binary built by `cargo build` (SLUICE_BIN overrides).
+fn sluice_bin() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("SLUICE_BIN") {
+        return p.into();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let p = target.join("debug/sluice");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[test]
-fn compare_two_targets_writes_sane_report() {
+fn compare_direct_and_sluice_writes_sane_report() {
     let (_mock, addr) = start_mock();
     let dir = tempfile::tempdir().unwrap();
     let sc = write_scenario(dir.path(), "");
     let out = dir.path().join("out").join("e2e.json");
+    let (port, admin) = (free_port(), free_port());
+    let cfg = dir.path().join("sluice.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "workers: 1\nadmin: {{ bind: 127.0.0.1:{admin} }}\nlisteners:\n  - name: outbound\n    bind: 127.0.0.1:{port}\n    routes: [{{ upstream: mock, inspect: {{}} }}]\nupstreams:\n  mock: {{ endpoints: [\"{addr}\"] }}\n"
+        ),
+    )
+    .unwrap();
+    let start = format!("{} run --config {}", sluice_bin().display(), cfg.display());
     let status = Command::new(BIN)
         .args(["compare", "--scenario"])
         .arg(&sc)
         .args(["--target", &format!("direct=http://{addr}")])
-        .args(["--target", &format!("again=http://{addr}")])
+        .args(["--target", &format!("sluice=http://127.0.0.1:{port}")])
+        .args(["--start", &format!("sluice={start}")])
         .args(["--rounds", "1", "--duration", "800ms", "--warmup", "200ms"])
         .arg("--out")
         .arg(&out)
@@ -86,7 +123,12 @@ fn compare_two_targets_writes_sane_report() {
         assert!(t["rps_ratio_vs_baseline"].as_f64().unwrap() > 0.0);
     }
     let svg = std::fs::read_to_string(out.with_extension("svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("again"));
+    assert!(svg.starts_with("<svg") && svg.contains("sluice"));
+    // compare started sluice, so it measured the proxy process.
+    let sl = &targets[1];
+    assert_eq!(sl["name"], "sluice");
+    assert!(sl["cpu_s"].as_f64().unwrap() > 0.0, "{sl}");
+    assert!(sl["peak_rss_bytes"].as_u64().unwrap() > 0, "{sl}");
 }
 
 #[test]

@@ -159,10 +159,23 @@ pub struct GenAiRecord {
     pub ttft_us: Option<u64>,
     /// Mean time per output token after the first, for streams.
     pub tpot_us: Option<u64>,
-    pub pii: Vec<(Arc<str>, &'static str, &'static str)>,
+    pub pii: Vec<PiiAudit>,
     pub trace: Option<TraceCtx>,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
+}
+
+/// One PII detection, for metrics and the audit log: where and what kind, never the value.
+#[derive(Debug, Clone)]
+pub struct PiiAudit {
+    pub entity: Arc<str>,
+    pub action: &'static str,
+    pub direction: &'static str,
+    /// JSON path of the string it was found in, e.g. `messages[1].content`.
+    pub path: String,
+    /// Byte offsets in the decoded string.
+    pub start: usize,
+    pub end: usize,
 }
 
 /// Identify the caller, per `caller.sources` in order.
@@ -448,7 +461,14 @@ impl Chain {
         let pii: Vec<_> = ctx
             .pii_findings
             .iter()
-            .map(|f| (f.name.clone(), f.action.as_str(), f.direction.as_str()))
+            .map(|f| PiiAudit {
+                entity: f.name.clone(),
+                action: f.action.as_str(),
+                direction: f.direction.as_str(),
+                path: f.path.clone(),
+                start: f.start,
+                end: f.end,
+            })
             .collect();
         if ctx.dialect.is_none() {
             if pii.is_empty() {

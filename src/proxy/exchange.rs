@@ -572,6 +572,12 @@ impl<'a> Exchange<'a> {
         };
         let (rhead, rconsumed) = resp;
         let t_first_byte = Instant::now();
+        // The request is sent: while the response streams (for minutes, for a model), the
+        // client read buffer is idle. Free it unless it holds a pipelined request; the next
+        // head read allocates a fresh one. This keeps memory per open stream low.
+        if rbuf.is_empty() {
+            rbuf = Vec::new();
+        }
         ubuf.drain(..rconsumed);
 
         // Phase 4: response head filters; may switch the body into rewrite mode.
@@ -717,6 +723,11 @@ impl<'a> Exchange<'a> {
             if head_pending {
                 overhead += t_resp_head.duration_since(t_first_byte);
                 head_pending = false;
+                if matches!(out_mode, OutMode::Raw) && !p.done {
+                    // Raw forwarding writes from the read buffer: the head buffer is idle
+                    // for the rest of a stream.
+                    wbuf = Vec::new();
+                }
             }
             bytes_out += p.consumed as u64;
             if res.is_err() {
