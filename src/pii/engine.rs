@@ -599,7 +599,7 @@ impl Engine {
     /// True when some entity, built-in or custom (patterns, dictionaries), is configured to
     /// `block` and the engine is not in dry-run: a body it cannot read must then be refused.
     pub fn can_block(&self) -> bool {
-        !self.dry_run && self.actions.iter().any(|a| *a == Action::Block)
+        !self.dry_run && self.actions.contains(&Action::Block)
     }
 
     /// Configured action for an entity.
