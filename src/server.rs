@@ -152,6 +152,17 @@ impl Control {
             }
         }
         let generation = old.generation + 1;
+        if cfg
+            .listeners
+            .iter()
+            .flat_map(|l| &l.routes)
+            .any(|r| r.inspect.is_some())
+        {
+            // Idempotent (the tables are built once per process), and off the workers.
+            let _ = std::thread::Builder::new()
+                .name("sluice-bpe-warmup".into())
+                .spawn(crate::inspect::estimate::warm_up);
+        }
         let snap = match Snapshot::build(cfg, generation, Some(&old)) {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -238,7 +249,19 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
         .iter()
         .filter_map(|l| Some((l.name.value.clone(), l.bind.value.parse().ok()?)))
         .collect();
+    let inspects = cfg
+        .listeners
+        .iter()
+        .flat_map(|l| &l.routes)
+        .any(|r| r.inspect.is_some());
     let snap = Arc::new(Snapshot::build(cfg, 1, None).map_err(StartError::Snapshot)?);
+    if inspects {
+        // The BPE tables for token estimation take about a second to build. Build them now on
+        // a helper thread, so no worker ever stalls on the first estimate.
+        let _ = std::thread::Builder::new()
+            .name("sluice-bpe-warmup".into())
+            .spawn(crate::inspect::estimate::warm_up);
+    }
 
     for (name, addr) in &listener_addrs {
         probe_port(&format!("listener {name}"), *addr)?;

@@ -83,7 +83,7 @@ fn compare_direct_and_sluice_writes_sane_report() {
     std::fs::write(
         &cfg,
         format!(
-            "workers: 1\nadmin: {{ bind: 127.0.0.1:{admin} }}\nlisteners:\n  - name: outbound\n    bind: 127.0.0.1:{port}\n    routes: [{{ upstream: mock, inspect: {{}} }}]\nupstreams:\n  mock: {{ endpoints: [\"{addr}\"] }}\n"
+            "workers: 1\nadmin: {{ bind: 127.0.0.1:{admin} }}\nlisteners:\n  - name: outbound\n    bind: 127.0.0.1:{port}\n    routes: [{{ upstream: mock }}]\nupstreams:\n  mock: {{ endpoints: [\"{addr}\"] }}\n"
         ),
     )
     .unwrap();
