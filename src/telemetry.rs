@@ -553,11 +553,29 @@ fn write_access_line(out: &mut Vec<u8>, s: &Snapshot, r: &RequestRecord, a: &Acc
     out.extend_from_slice(b"}\n");
 }
 
+/// (caller, request model, response model, provider, operation), after label capping.
+type GenAiKey = (Arc<str>, Arc<str>, Arc<str>, &'static str, &'static str);
+
+/// Metric handles of one GenAI label set, resolved on first use.
+#[derive(Default)]
+struct GenAiHandles {
+    /// By outcome: ok, error, aborted.
+    requests: [Option<metrics::Counter>; 3],
+    duration: Option<metrics::Histogram>,
+    ttft: Option<metrics::Histogram>,
+    tpot: Option<metrics::Histogram>,
+    /// By token type: input, output.
+    usage: [Option<metrics::Histogram>; 2],
+    /// By estimated (false, true), then token type: input, output, cached_input, reasoning.
+    tokens: [[Option<metrics::Counter>; 4]; 2],
+}
+
 /// GenAI metrics: tokens, cost, TTFT, time per output token, PII detections.
 #[derive(Default)]
 struct GenAiMetrics {
     callers: LabelCap,
     models: LabelCap,
+    handles: HashMap<GenAiKey, GenAiHandles>,
     /// Fractions of a micro-dollar not yet counted, per (caller, model, provider).
     cost_carry: HashMap<(Arc<str>, Arc<str>, &'static str), f64>,
 }
@@ -604,20 +622,38 @@ impl GenAiMetrics {
         let provider = g.provider;
         let op = g.operation;
         let outcome = if g.aborted {
-            "aborted"
+            2
         } else if r.status >= 400 {
-            "error"
+            1
         } else {
-            "ok"
+            0
         };
-        metrics::counter!(names::GEN_AI_REQUESTS_TOTAL,
-            "caller" => caller.to_string(), "gen_ai_request_model" => req_model.to_string(),
-            "gen_ai_provider_name" => provider, "outcome" => outcome)
-        .increment(1);
-        metrics::histogram!(names::GEN_AI_OPERATION_DURATION,
-            "gen_ai_operation_name" => op, "gen_ai_provider_name" => provider,
-            "gen_ai_request_model" => req_model.to_string())
-        .record(r.duration_us as f64 / 1e6);
+        // One hash lookup per record; each metric's handle is resolved (label strings built,
+        // registry searched) once per label set, on first use.
+        let key = (
+            caller.clone(),
+            req_model.clone(),
+            resp_model.clone(),
+            provider,
+            op,
+        );
+        let h = self.handles.entry(key).or_default();
+        let (c, rm, sm) = (&caller, &req_model, &resp_model);
+        h.requests[outcome]
+            .get_or_insert_with(|| {
+                metrics::counter!(names::GEN_AI_REQUESTS_TOTAL,
+                    "caller" => c.to_string(), "gen_ai_request_model" => rm.to_string(),
+                    "gen_ai_provider_name" => provider,
+                    "outcome" => ["ok", "error", "aborted"][outcome])
+            })
+            .increment(1);
+        h.duration
+            .get_or_insert_with(|| {
+                metrics::histogram!(names::GEN_AI_OPERATION_DURATION,
+                    "gen_ai_operation_name" => op, "gen_ai_provider_name" => provider,
+                    "gen_ai_request_model" => rm.to_string())
+            })
+            .record(r.duration_us as f64 / 1e6);
         if g.uninspected {
             metrics::counter!(names::GEN_AI_UNINSPECTED_TOTAL, "caller" => caller.to_string())
                 .increment(1);
@@ -627,42 +663,55 @@ impl GenAiMetrics {
                 .increment(g.malformed_events as u64);
         }
         if let Some(t) = g.ttft_us {
-            metrics::histogram!(names::GEN_AI_TTFT,
-                "gen_ai_request_model" => req_model.to_string(), "gen_ai_provider_name" => provider)
-            .record(t as f64 / 1e6);
+            h.ttft
+                .get_or_insert_with(|| {
+                    metrics::histogram!(names::GEN_AI_TTFT,
+                        "gen_ai_request_model" => rm.to_string(), "gen_ai_provider_name" => provider)
+                })
+                .record(t as f64 / 1e6);
         }
         if let Some(t) = g.tpot_us {
-            metrics::histogram!(names::GEN_AI_TPOT,
-                "gen_ai_request_model" => req_model.to_string(), "gen_ai_provider_name" => provider)
-            .record(t as f64 / 1e6);
+            h.tpot
+                .get_or_insert_with(|| {
+                    metrics::histogram!(names::GEN_AI_TPOT,
+                        "gen_ai_request_model" => rm.to_string(), "gen_ai_provider_name" => provider)
+                })
+                .record(t as f64 / 1e6);
         }
         let Some(u) = &g.usage else { return };
-        let estimated = if u.estimated { "true" } else { "false" };
-        for (ty, n) in [("input", u.input_tokens), ("output", u.output_tokens)] {
-            metrics::histogram!(names::GEN_AI_TOKEN_USAGE,
-                "gen_ai_token_type" => ty, "gen_ai_operation_name" => op,
-                "gen_ai_provider_name" => provider,
-                "gen_ai_request_model" => req_model.to_string(),
-                "gen_ai_response_model" => resp_model.to_string(),
-                "caller" => caller.to_string())
-            .record(n as f64);
+        const TYPES: [&str; 4] = ["input", "output", "cached_input", "reasoning"];
+        for (i, n) in [u.input_tokens, u.output_tokens].into_iter().enumerate() {
+            h.usage[i]
+                .get_or_insert_with(|| {
+                    metrics::histogram!(names::GEN_AI_TOKEN_USAGE,
+                        "gen_ai_token_type" => TYPES[i], "gen_ai_operation_name" => op,
+                        "gen_ai_provider_name" => provider,
+                        "gen_ai_request_model" => rm.to_string(),
+                        "gen_ai_response_model" => sm.to_string(),
+                        "caller" => c.to_string())
+                })
+                .record(n as f64);
         }
+        let est = usize::from(u.estimated);
         let typed = [
-            ("input", Some(u.input_tokens)),
-            ("output", Some(u.output_tokens)),
-            ("cached_input", u.cached_input_tokens),
-            ("reasoning", u.reasoning_tokens),
+            Some(u.input_tokens),
+            Some(u.output_tokens),
+            u.cached_input_tokens,
+            u.reasoning_tokens,
         ];
-        for (ty, n) in typed {
+        for (i, n) in typed.into_iter().enumerate() {
             let Some(n) = n else { continue };
-            metrics::counter!(names::GEN_AI_TOKENS_TOTAL,
-                "caller" => caller.to_string(),
-                "gen_ai_request_model" => req_model.to_string(),
-                "gen_ai_response_model" => resp_model.to_string(),
-                "gen_ai_provider_name" => provider,
-                "gen_ai_token_type" => ty,
-                "estimated" => estimated)
-            .increment(n);
+            h.tokens[est][i]
+                .get_or_insert_with(|| {
+                    metrics::counter!(names::GEN_AI_TOKENS_TOTAL,
+                        "caller" => c.to_string(),
+                        "gen_ai_request_model" => rm.to_string(),
+                        "gen_ai_response_model" => sm.to_string(),
+                        "gen_ai_provider_name" => provider,
+                        "gen_ai_token_type" => TYPES[i],
+                        "estimated" => ["false", "true"][est])
+                })
+                .increment(n);
         }
         let model_for_price = g
             .response_model
