@@ -12,17 +12,19 @@
 # target/release/sluice and loadtest/peers/sluice.yaml exist (or SLUICE_BIN/SLUICE_CONFIG).
 set -eu
 cd "$(dirname "$0")/.."
-cargo build --release -p sluice-loadtest
+cargo build --release -p sluice -p sluice-loadtest
 bin=target/release/sluice-loadtest
 loadtest/peers/install-envoy.sh >/dev/null || echo "report.sh: Envoy not installed; envoy targets will be skipped" >&2
 results=loadtest/results
 mkdir -p "$results"
 extra=""
 if [ -n "${QUICK:-}" ]; then extra="--rounds 1 --duration 3s --warmup 1s"; fi
-for sc in ${SCENARIOS:-chat-small chat-rate-2000 chat-sse pii-32k error-mix long-streams}; do
+for sc in ${SCENARIOS:-chat-small chat-rate-2000 inspect-rate-2000 chat-sse pii-32k error-mix long-streams}; do
     echo "== $sc" >&2
+    sleep 2  # let the previous run's processes release their ports
     # shellcheck disable=SC2086
-    "$bin" compare --config loadtest/peers/compare.yaml --scenario "loadtest/scenarios/$sc.yaml" \
+    cfg=loadtest/peers/compare.yaml; [ "$sc" = inspect-rate-2000 ] && cfg=loadtest/peers/compare-inspect.yaml
+    "$bin" compare --config "$cfg" --scenario "loadtest/scenarios/$sc.yaml" \
         --out "$results/$sc.json" $extra || echo "report.sh: $sc finished with status $? (see above)" >&2
 done
 "$bin" report --results "$results" --out docs/benchmarks.md
