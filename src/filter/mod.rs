@@ -119,6 +119,8 @@ pub struct ExchangeCtx {
     pub streaming: bool,
     /// The upstream's response status (0 before the response head).
     pub response_status: u16,
+    /// A non-streaming JSON response held for PII redaction (bounded by `body_bytes_max`).
+    pub response_hold: Option<Vec<u8>>,
 }
 
 impl ExchangeCtx {
@@ -138,6 +140,7 @@ impl ExchangeCtx {
             content_events: 0,
             streaming: false,
             response_status: 0,
+            response_hold: None,
         }
     }
 }
@@ -243,6 +246,13 @@ fn provider_of(d: Option<Dialect>) -> &'static str {
 }
 
 impl Chain {
+    fn pii(&self) -> Option<&PiiFilter> {
+        self.filters.iter().find_map(|f| match f {
+            Filter::Pii(p) => Some(p),
+            _ => None,
+        })
+    }
+
     fn inspect(&self) -> Option<&InspectFilter> {
         self.filters.iter().find_map(|f| match f {
             Filter::Inspect(i) => Some(i),
@@ -384,11 +394,35 @@ impl Chain {
     /// [`Chain::rewrite_response_data`] instead of being forwarded verbatim.
     pub async fn on_response_head(&self, ctx: &mut ExchangeCtx, r: &ResponseHead) -> bool {
         ctx.response_status = r.status();
+        let ctype = r.header("content-type").unwrap_or(b"");
+        let mut rewrite = false;
+        // A non-streaming JSON completion is held (bounded) and redacted whole: PII in a
+        // model's answer must not reach the app either. Streams are not held (time to first
+        // token); compressed answers are forwarded as they are.
+        if let Some(p) = self.pii() {
+            let json = ctype.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"));
+            if p.engine.responses_enabled()
+                && (200..300).contains(&r.status())
+                && json
+                && r.header("content-encoding").is_none()
+            {
+                ctx.response_hold = Some(Vec::new());
+                rewrite = true;
+            }
+        }
+        rewrite | self.on_response_head_inspect(ctx, r, ctype)
+    }
+
+    fn on_response_head_inspect(
+        &self,
+        ctx: &mut ExchangeCtx,
+        r: &ResponseHead,
+        ctype: &[u8],
+    ) -> bool {
         let Some(d) = ctx.dialect else { return false };
         if self.inspect().is_none() {
             return false;
         }
-        let ctype = r.header("content-type").unwrap_or(b"");
         let streaming = starts_with_ci(ctype, b"text/event-stream")
             || starts_with_ci(ctype, b"application/x-ndjson")
             || (d == Dialect::Ollama && ctx.facts.as_ref().is_some_and(|f| f.stream));
@@ -431,6 +465,19 @@ impl Chain {
         data: &[u8],
         out: &mut Vec<u8>,
     ) {
+        if let Some(hold) = ctx.response_hold.as_mut() {
+            if hold.len() + data.len() <= self.body_bytes_max {
+                hold.extend_from_slice(data);
+                return;
+            }
+            // Too large to hold: release what was held and forward the rest as it comes,
+            // uninspected (a response is never refused; counted in the uninspected metric).
+            out.extend_from_slice(hold);
+            out.extend_from_slice(data);
+            ctx.response_hold = None;
+            ctx.body_uninspected = true;
+            return;
+        }
         match ctx.stripper.as_mut() {
             Some(s) => s.feed(data, |fwd| match fwd {
                 inspect::Forward::Chunk(r) => out.extend_from_slice(&data[r]),
@@ -442,6 +489,25 @@ impl Chain {
 
     /// End of a rewritten stream: bytes still held by the rewriter.
     pub async fn finish_response_rewrite(&self, ctx: &mut ExchangeCtx, out: &mut Vec<u8>) {
+        if let (Some(hold), Some(p)) = (ctx.response_hold.take(), self.pii()) {
+            match pii::redact_response(&p.engine, &hold, None) {
+                Ok(RequestOutcome::Rewritten { body, findings }) => {
+                    ctx.pii_findings.extend(findings);
+                    out.extend_from_slice(&body);
+                }
+                Ok(RequestOutcome::Unchanged { findings })
+                | Ok(RequestOutcome::Blocked { findings, .. }) => {
+                    ctx.pii_findings.extend(findings);
+                    out.extend_from_slice(&hold);
+                }
+                Err(_) => {
+                    // Not JSON the engine can read: forwarded as it came, counted.
+                    ctx.body_uninspected = true;
+                    out.extend_from_slice(&hold);
+                }
+            }
+            return;
+        }
         if let Some(s) = ctx.stripper.as_mut() {
             s.finish(|fwd| {
                 if let inspect::Forward::Held(b) = fwd {

@@ -1365,8 +1365,11 @@ fn write_client_head(
             via_done = true;
             continue;
         }
-        if matches!(kind, BodyKind::Chunked) && name.eq_ignore_ascii_case("content-length") {
-            // TE wins over CL (RFC 9112 §6.3); never send both.
+        if (matches!(kind, BodyKind::Chunked) || rechunk)
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            // TE wins over CL (RFC 9112 §6.3); never send both. A re-framed body (rewritten by
+            // a filter) has a length the upstream's header no longer describes.
             continue;
         }
         http1::write_header(out, name, value);
