@@ -304,7 +304,6 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
         workers_ready: AtomicUsize::new(0),
         workers,
         telemetry: ttx.clone(),
-        uring,
     });
 
     // Pin to the CPUs this process may use (taskset, a Kubernetes cpuset), not to 0..n: a

@@ -53,7 +53,6 @@ pub struct Shared {
     pub workers_ready: AtomicUsize,
     pub workers: usize,
     pub telemetry: TelemetryTx,
-    pub uring: bool,
 }
 
 impl Shared {

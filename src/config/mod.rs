@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_saphyr::Spanned;
@@ -976,12 +976,6 @@ pub fn split_host_port(ep: &str) -> Result<(String, u16), String> {
         return Err(format!("`{ep}`: port 0"));
     }
     Ok((host, port))
-}
-
-/// Where the configuration came from, for reloads.
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub path: PathBuf,
 }
 
 #[cfg(test)]

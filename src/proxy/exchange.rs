@@ -349,10 +349,10 @@ impl<'a> Exchange<'a> {
         // Phase 1: request head filters.
         if let Some((chain, ctx)) = fx.as_mut() {
             if let Err(r) = chain.on_request_head(ctx, head).await {
-                let (d, wbuf) = self
-                    .reject(client, head, r, wbuf, rbuf.is_empty(), t_head)
+                let body_read = rbuf.is_empty();
+                return self
+                    .reject(client, head, r, rbuf, wbuf, body_read, t_head)
                     .await;
-                return (d, rbuf, wbuf);
             }
         }
 
@@ -361,10 +361,10 @@ impl<'a> Exchange<'a> {
         let mut conn = match upstream::acquire(&self.w.pools, up, false).await {
             Ok(c) => c,
             Err(e) => {
-                let (d, wbuf) = self
-                    .local_error(client, head, e, wbuf, rbuf.is_empty(), t_head)
+                let body_read = rbuf.is_empty();
+                return self
+                    .local_error(client, head, e, rbuf, wbuf, body_read, t_head)
                     .await;
-                return (d, rbuf, wbuf);
             }
         };
         if head.expect_continue()
@@ -377,7 +377,7 @@ impl<'a> Exchange<'a> {
             wbuf = b;
             if res.is_err() {
                 self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
-                return (self.client_gone(0, t_head), rbuf, wbuf);
+                return (self.client_gone(0), rbuf, wbuf);
             }
         }
 
@@ -424,16 +424,16 @@ impl<'a> Exchange<'a> {
                         }
                         Err(r) => {
                             self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
-                            let (d, wbuf) = self.reject(client, head, r, wbuf, true, t_head).await;
-                            return (d, rbuf, wbuf);
+                            return self.reject(client, head, r, rbuf, wbuf, true, t_head).await;
                         }
                     }
                 }
                 Ok(Buffered::OverLimit(raw)) => {
                     if let Err(r) = chain.on_body_over_limit(ctx) {
                         self.w.pools.borrow_mut().discard(conn);
-                        let (d, wbuf) = self.reject(client, head, r, wbuf, false, t_head).await;
-                        return (d, rbuf, wbuf);
+                        return self
+                            .reject(client, head, r, rbuf, wbuf, false, t_head)
+                            .await;
                     }
                     bytes_in += raw.len() as u64;
                     write_upstream_head(
@@ -452,10 +452,11 @@ impl<'a> Exchange<'a> {
                 Err(e) => {
                     self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
                     if matches!(e, ProxyError::ClientClosed) {
-                        return (self.client_gone(bytes_in, t_head), rbuf, wbuf);
+                        return (self.client_gone(bytes_in), rbuf, wbuf);
                     }
-                    let (d, wbuf) = self.local_error(client, head, e, wbuf, false, t_head).await;
-                    return (d, rbuf, wbuf);
+                    return self
+                        .local_error(client, head, e, rbuf, wbuf, false, t_head)
+                        .await;
                 }
             }
         } else {
@@ -473,10 +474,17 @@ impl<'a> Exchange<'a> {
                 Ok(p) => p,
                 Err(e) => {
                     self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
-                    let (d, wbuf) = self
-                        .local_error(client, head, ProxyError::BadRequest(e), wbuf, false, t_head)
+                    return self
+                        .local_error(
+                            client,
+                            head,
+                            ProxyError::BadRequest(e),
+                            rbuf,
+                            wbuf,
+                            false,
+                            t_head,
+                        )
                         .await;
-                    return (d, rbuf, wbuf);
                 }
             };
             bytes_in += first.consumed as u64;
@@ -505,16 +513,17 @@ impl<'a> Exchange<'a> {
                             continue;
                         }
                         Err(e) => {
-                            let (d, wbuf) =
-                                self.local_error(client, head, e, wbuf, false, t_head).await;
-                            return (d, rbuf, wbuf);
+                            return self
+                                .local_error(client, head, e, rbuf, wbuf, false, t_head)
+                                .await;
                         }
                     }
                 }
                 self.w.pools.borrow_mut().discard(conn);
                 let e = ProxyError::UpstreamWrite(up.name.clone(), e);
-                let (d, wbuf) = self.local_error(client, head, e, wbuf, false, t_head).await;
-                return (d, rbuf, wbuf);
+                return self
+                    .local_error(client, head, e, rbuf, wbuf, false, t_head)
+                    .await;
             }
             if attempt == 1 {
                 overhead += t_before_send.duration_since(t_head);
@@ -531,11 +540,11 @@ impl<'a> Exchange<'a> {
                         self.w.pools.borrow_mut().discard(conn);
                         let client_gone = matches!(e, ProxyError::ClientClosed);
                         if client_gone {
-                            return (self.client_gone(bytes_in, t_head), rbuf, wbuf);
+                            return (self.client_gone(bytes_in), rbuf, wbuf);
                         }
-                        let (d, wbuf) =
-                            self.local_error(client, head, e, wbuf, false, t_head).await;
-                        return (d, rbuf, wbuf);
+                        return self
+                            .local_error(client, head, e, rbuf, wbuf, false, t_head)
+                            .await;
                     }
                 }
             }
@@ -559,14 +568,15 @@ impl<'a> Exchange<'a> {
                                 continue;
                             }
                             Err(e) => {
-                                let (d, wbuf) =
-                                    self.local_error(client, head, e, wbuf, false, t_head).await;
-                                return (d, rbuf, wbuf);
+                                return self
+                                    .local_error(client, head, e, rbuf, wbuf, false, t_head)
+                                    .await;
                             }
                         }
                     }
-                    let (d, wbuf) = self.local_error(client, head, e, wbuf, false, t_head).await;
-                    return (d, rbuf, wbuf);
+                    return self
+                        .local_error(client, head, e, rbuf, wbuf, false, t_head)
+                        .await;
                 }
             }
         };
@@ -622,7 +632,9 @@ impl<'a> Exchange<'a> {
         let mut rdecoder = BodyDecoder::new(kind);
         let mut bytes_out = 0u64;
         let mut ranges: Vec<(usize, usize)> = Vec::new();
+        // Decoded input and rewritten output of rewrite mode, reused across reads.
         let mut scratch: Vec<u8> = Vec::new();
+        let mut rewritten: Vec<u8> = Vec::new();
         let idle = Duration::from_millis(route.body_idle_timeout_ms);
         let mut upstream_clean = true;
         let mut eof = false;
@@ -689,7 +701,8 @@ impl<'a> Exchange<'a> {
                     if matches!(out_mode, OutMode::Rewrite) {
                         if let Some((chain, ctx)) = fx.as_mut() {
                             let mut dec = std::mem::take(&mut scratch);
-                            let mut out = Vec::new();
+                            let mut out = std::mem::take(&mut rewritten);
+                            out.clear();
                             for &(s, e) in &ranges {
                                 dec.extend_from_slice(&ubuf[s..e]);
                             }
@@ -702,6 +715,7 @@ impl<'a> Exchange<'a> {
                             }
                             http1::write_chunk(&mut wbuf, &out);
                             scratch = dec;
+                            rewritten = out;
                         }
                     } else {
                         for &(s, e) in &ranges {
@@ -870,15 +884,17 @@ impl<'a> Exchange<'a> {
     }
 
     /// Answer a filter's refusal.
+    #[allow(clippy::too_many_arguments)]
     async fn reject(
         &self,
         client: &mut Io,
         head: &RequestHead,
         r: Reject,
+        rbuf: Vec<u8>,
         mut wbuf: Vec<u8>,
         may_keep: bool,
         t_head: Instant,
-    ) -> (Done, Vec<u8>) {
+    ) -> (Done, Vec<u8>, Vec<u8>) {
         let keep = may_keep && head.keep_alive() && !self.w.is_draining();
         wbuf.clear();
         let mut body = Vec::with_capacity(160);
@@ -909,6 +925,7 @@ impl<'a> Exchange<'a> {
                 overhead: t_head.elapsed(),
                 keep_client: keep && res.is_ok(),
             },
+            rbuf,
             wbuf,
         )
     }
@@ -1025,15 +1042,18 @@ impl<'a> Exchange<'a> {
 
     /// Answer the client with an error of our own. `may_keep`: the request body was fully
     /// consumed, so the connection can carry on.
+    /// The exchange ends with an answer of sluice's own; the buffers are handed back.
+    #[allow(clippy::too_many_arguments)]
     async fn local_error(
         &self,
         client: &mut Io,
         head: &RequestHead,
         e: ProxyError,
+        rbuf: Vec<u8>,
         mut wbuf: Vec<u8>,
         may_keep: bool,
         t_head: Instant,
-    ) -> (Done, Vec<u8>) {
+    ) -> (Done, Vec<u8>, Vec<u8>) {
         let keep = may_keep
             && matches!(head.body_kind(), BodyKind::Empty)
             && head.keep_alive()
@@ -1053,12 +1073,12 @@ impl<'a> Exchange<'a> {
                 overhead: t_head.elapsed(),
                 keep_client: keep && res.is_ok(),
             },
+            rbuf,
             wbuf,
         )
     }
 
-    fn client_gone(&self, bytes_in: u64, t_head: Instant) -> Done {
-        let _ = t_head;
+    fn client_gone(&self, bytes_in: u64) -> Done {
         Done {
             status: 499,
             outcome: Outcome::DownstreamAbort,
@@ -1204,12 +1224,22 @@ fn strip_port(h: &str) -> &str {
     h.rsplit_once(':').map(|(a, _)| a).unwrap_or(h)
 }
 
+fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &str {
+    use std::io::Write;
+    let mut c = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(c, "{ip}");
+    let n = c.position() as usize;
+    std::str::from_utf8(&buf[..n]).unwrap_or("")
+}
+
 fn path_only(p: &str) -> &str {
     p.split('?').next().unwrap_or(p)
 }
 
-fn is_connection_token(head_tokens: &[&str], name: &str) -> bool {
-    head_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+/// Whether `name` is listed in the head's `Connection` header(s). Iterates the tokens in place
+/// (no collection per request); heads without a `Connection` header skip it entirely.
+fn is_connection_token<'a>(mut tokens: impl Iterator<Item = &'a str>, name: &str) -> bool {
+    tokens.any(|t| t.eq_ignore_ascii_case(name))
 }
 
 /// The request head as the upstream sees it: origin-form target, hop-by-hop headers and those
@@ -1255,7 +1285,10 @@ fn write_upstream_head(
     traceparent: Option<&str>,
 ) {
     http1::write_request_line(out, head.method_str(), head.path(), Version::Http11);
-    let tokens: Vec<&str> = head.connection_tokens().collect();
+    // The client address, formatted once into a stack buffer (no String per request).
+    let mut ip_buf = [0u8; 64];
+    let ip = format_ip(peer.ip(), &mut ip_buf);
+    let has_connection = head.header("connection").is_some();
     let mut xff_done = false;
     let mut via_done = false;
     let mut rid_seen = false;
@@ -1268,7 +1301,9 @@ fn write_upstream_head(
         http1::write_header(out, "host", h.as_bytes());
     }
     for (name, value) in head.headers() {
-        if http1::is_hop_by_hop(name) || is_connection_token(&tokens, name) {
+        if http1::is_hop_by_hop(name)
+            || (has_connection && is_connection_token(head.connection_tokens(), name))
+        {
             continue;
         }
         if name.eq_ignore_ascii_case("expect") {
@@ -1295,7 +1330,7 @@ fn write_upstream_head(
         if name.eq_ignore_ascii_case("x-forwarded-for") && !xff_done {
             let mut v = value.to_vec();
             v.extend_from_slice(b", ");
-            v.extend_from_slice(peer.ip().to_string().as_bytes());
+            v.extend_from_slice(ip.as_bytes());
             http1::write_header(out, "x-forwarded-for", &v);
             xff_done = true;
             continue;
@@ -1317,7 +1352,7 @@ fn write_upstream_head(
         http1::write_header(out, "host", authority.as_bytes());
     }
     if !xff_done {
-        http1::write_header(out, "x-forwarded-for", peer.ip().to_string().as_bytes());
+        http1::write_header(out, "x-forwarded-for", ip.as_bytes());
     }
     if !via_done {
         http1::write_header(out, "via", VIA);
@@ -1351,10 +1386,12 @@ fn write_client_head(
     kind: BodyKind,
 ) {
     http1::write_status_line(out, r.status(), r.reason(), Version::Http11);
-    let tokens: Vec<&str> = r.connection_tokens().collect();
+    let has_connection = r.header("connection").is_some();
     let mut via_done = false;
     for (name, value) in r.headers() {
-        if http1::is_hop_by_hop(name) || is_connection_token(&tokens, name) {
+        if http1::is_hop_by_hop(name)
+            || (has_connection && is_connection_token(r.connection_tokens(), name))
+        {
             continue;
         }
         if name.eq_ignore_ascii_case("via") && !via_done {
@@ -1411,4 +1448,32 @@ pub fn write_error_response(out: &mut Vec<u8>, e: &ProxyError, version: Version,
     }
     http1::finish_head(out);
     out.extend_from_slice(&body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_ip_fits_the_longest_addresses() {
+        let mut b = [0u8; 64];
+        assert_eq!(
+            format_ip("203.0.113.255".parse().unwrap(), &mut b),
+            "203.0.113.255"
+        );
+        let v6: std::net::IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
+        let s = format_ip(v6, &mut b).to_string();
+        assert_eq!(s.parse::<std::net::IpAddr>().unwrap(), v6);
+    }
+
+    #[test]
+    fn connection_tokens_match_case_insensitively() {
+        assert!(is_connection_token(
+            ["keep-alive", "X-Hop"].into_iter(),
+            "x-hop"
+        ));
+        assert!(!is_connection_token(["keep-alive"].into_iter(), "x-hop"));
+    }
 }
