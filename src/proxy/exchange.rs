@@ -802,6 +802,23 @@ impl<'a> Exchange<'a> {
             }
         };
         let _ = ubuf;
+        // An upstream that cut a redacted stream short: the text its redactor still holds goes
+        // out (redacted) before the client's stream is broken, so no completion byte is lost.
+        if let (Err(e), OutMode::Rewrite, false) = (&outcome, out_mode, head_pending) {
+            if !matches!(e, ProxyError::ClientClosed) {
+                if let Some((chain, ctx)) = fx.as_mut() {
+                    let mut out = std::mem::take(&mut rewritten);
+                    out.clear();
+                    chain.abort_response_rewrite(ctx, &mut out).await;
+                    if !out.is_empty() {
+                        wbuf.clear();
+                        http1::write_chunk(&mut wbuf, &out);
+                        let (_, b) = client.write_all(wbuf).await;
+                        wbuf = b;
+                    }
+                }
+            }
+        }
 
         let mut d = Done {
             status: rhead.status(),
