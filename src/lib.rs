@@ -14,6 +14,7 @@
 //! * [`error`]: the error vocabulary shared by every boundary.
 
 pub mod admin;
+pub mod busypoll;
 pub mod config;
 pub mod error;
 pub mod filter;

@@ -1014,6 +1014,8 @@ impl<'a> Exchange<'a> {
             deadline = deadline.min(t);
         }
         let limits = self.l.limits;
+        // Busy-poll (when configured) while this exchange waits for the answer.
+        let _spin = self.w.busy.wait_upstream();
         loop {
             if !ubuf.is_empty() {
                 match http1::parse_response(&ubuf, &limits) {
