@@ -55,6 +55,9 @@ enum Cmd {
         key: PathBuf,
         #[arg(long, default_value = "0.0.0.0:9443")]
         bind: std::net::SocketAddr,
+        /// How often (at most) a TLS handshake checks the certificate files for a rotation.
+        #[arg(long, default_value_t = sluice::inject::webhook::CERT_CHECK_INTERVAL_MS_DEFAULT)]
+        cert_check_interval_ms: u64,
         #[command(flatten)]
         opts: sluice::inject::OptionsArgs,
     },
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
             cert,
             key,
             bind,
+            cert_check_interval_ms,
             opts,
         } => {
             init_logging(&cli.log_format);
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
                 bind,
                 cert,
                 key,
+                cert_check_interval_ms,
                 opts,
             };
             match sluice::inject::webhook::run(cfg) {

@@ -28,7 +28,8 @@
 //! 500 instead of killing the connection thread silently.
 //!
 //! Certificates: read from `--cert`/`--key` (PEM) and re-read when either file changes
-//! (checked at most every [`CERT_CHECK_INTERVAL_MS`] on a handshake), so a cert-manager
+//! (checked on a handshake, at most every `--cert-check-interval-ms`,
+//! [`CERT_CHECK_INTERVAL_MS_DEFAULT`]), so a cert-manager
 //! rotation needs no restart. A bad new pair is logged and the old one kept.
 
 use std::io::{Read, Write};
@@ -63,8 +64,9 @@ pub const WEBHOOK_REQUEST_TIMEOUT_MS: u64 = 10_000;
 pub const WEBHOOK_IDLE_TIMEOUT_MS: u64 = 30_000;
 /// Requests served on one connection before it is closed.
 pub const WEBHOOK_REQUESTS_PER_CONNECTION_MAX: usize = 1_000;
-/// How often a handshake may look at the certificate files for a rotation.
-pub const CERT_CHECK_INTERVAL_MS: u64 = 10_000;
+/// Default of how often a handshake may look at the certificate files for a rotation
+/// (`--cert-check-interval-ms`).
+pub const CERT_CHECK_INTERVAL_MS_DEFAULT: u64 = 10_000;
 
 /// Errors of the webhook: its start-up (ours/the operator's) and bad requests (the caller's).
 #[derive(Debug, thiserror::Error)]
@@ -190,12 +192,18 @@ pub struct WebhookConfig {
     pub bind: SocketAddr,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// How often a handshake may look at the certificate files for a rotation.
+    pub cert_check_interval_ms: u64,
     pub opts: Options,
 }
 
 /// Serve until the process is killed. Returns only on a start-up error.
 pub fn run(cfg: WebhookConfig) -> Result<(), WebhookError> {
-    let resolver = Arc::new(ReloadingCert::load(&cfg.cert, &cfg.key)?);
+    let resolver = Arc::new(ReloadingCert::load(
+        &cfg.cert,
+        &cfg.key,
+        Duration::from_millis(cfg.cert_check_interval_ms),
+    )?);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut sc = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -477,6 +485,7 @@ fn write_response(
 pub struct ReloadingCert {
     cert: PathBuf,
     key: PathBuf,
+    interval: Duration,
     state: Mutex<CertState>,
 }
 
@@ -497,12 +506,13 @@ fn stamp(p: &Path) -> Option<FileStamp> {
 
 impl ReloadingCert {
     /// Load the pair; an error names the file and the problem.
-    pub fn load(cert: &Path, key: &Path) -> Result<Self, WebhookError> {
+    pub fn load(cert: &Path, key: &Path, interval: Duration) -> Result<Self, WebhookError> {
         let stamps = stamp(cert).zip(stamp(key)).map(|(a, b)| [a, b]);
         let current = Arc::new(load_pair(cert, key)?);
         Ok(ReloadingCert {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+            interval,
             state: Mutex::new(CertState {
                 checked: Instant::now(),
                 stamp: stamps,
@@ -513,7 +523,7 @@ impl ReloadingCert {
 
     fn current(&self) -> Arc<CertifiedKey> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.checked.elapsed() >= Duration::from_millis(CERT_CHECK_INTERVAL_MS) {
+        if st.checked.elapsed() >= self.interval {
             st.checked = Instant::now();
             let now = stamp(&self.cert).zip(stamp(&self.key)).map(|(a, b)| [a, b]);
             if now.is_some() && now != st.stamp {
