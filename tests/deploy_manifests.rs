@@ -105,8 +105,13 @@ fn every_yaml_file_parses_and_every_kustomization_names_existing_files() {
                 }
             }
             for p in k["patches"].as_array().into_iter().flatten() {
-                let p = dir.join(s(p, "/path"));
-                assert!(p.exists(), "{}: patch {} missing", f.display(), p.display());
+                match p["path"].as_str() {
+                    Some(path) => {
+                        let p = dir.join(path);
+                        assert!(p.exists(), "{}: patch {} missing", f.display(), p.display());
+                    }
+                    None => assert!(p["patch"].is_string(), "{}: {p}", f.display()),
+                }
             }
         } else if f.starts_with(k8s()) {
             for doc in &d {

@@ -166,6 +166,8 @@ pub struct Options {
     pub cpu_limit: Option<String>,
     pub memory_limit: Option<String>,
     pub drain_delay_ms: u64,
+    /// Also redirect IPv6 (`sluice iptables --ipv6`; the image needs `ip6tables`).
+    pub ipv6: bool,
 }
 
 impl Default for Options {
@@ -181,6 +183,7 @@ impl Default for Options {
             cpu_limit: None,
             memory_limit: Some(MEMORY_LIMIT_DEFAULT.to_string()),
             drain_delay_ms: DRAIN_DELAY_MS_DEFAULT,
+            ipv6: false,
         }
     }
 }
@@ -220,6 +223,9 @@ pub struct OptionsArgs {
     /// Classic sidecar: how long `preStop` keeps the proxy serving before SIGTERM.
     #[arg(long, default_value_t = DRAIN_DELAY_MS_DEFAULT)]
     pub drain_delay_ms: u64,
+    /// Also redirect IPv6 traffic (`sluice iptables --ipv6`), for dual-stack pods.
+    #[arg(long)]
+    pub ipv6: bool,
 }
 
 impl OptionsArgs {
@@ -274,6 +280,7 @@ impl OptionsArgs {
             cpu_limit: self.cpu_limit,
             memory_limit: (self.memory_limit != "none").then_some(self.memory_limit),
             drain_delay_ms: self.drain_delay_ms,
+            ipv6: self.ipv6,
         })
     }
 }
@@ -374,6 +381,7 @@ struct Settings {
     exclude_outbound_ports: Option<String>,
     include_inbound_ports: Option<String>,
     exclude_inbound_ports: String,
+    ipv6: bool,
 }
 
 /// Inject the sidecar into `pod`: a Pod, or a pod template (`{metadata, spec}`).
@@ -621,7 +629,13 @@ fn settings(
         exclude_outbound_ports: None,
         include_inbound_ports: None,
         exclude_inbound_ports: String::new(),
+        ipv6: opts.ipv6,
     };
+    if let Some((k, v)) = annotation(ann, &["sluice.dev/ipv6"]) {
+        s.ipv6 = parse_bool(v).ok_or_else(|| {
+            InjectError::invalid(field(k), format!("`{v}` is not \"true\" or \"false\""))
+        })?;
+    }
     if let Some((k, v)) = annotation(
         ann,
         &["sluice.dev/proxyImage", "sidecar.istio.io/proxyImage"],
@@ -977,6 +991,8 @@ fn iptables_args(s: &Settings) -> Vec<String> {
         "iptables".into(),
         "--proxy-uid".into(),
         PROXY_UID.to_string(),
+        "--proxy-gid".into(),
+        PROXY_UID.to_string(),
         "--outbound-port".into(),
         PORT_OUTBOUND.to_string(),
         "--inbound-port".into(),
@@ -986,15 +1002,22 @@ fn iptables_args(s: &Settings) -> Vec<String> {
         ("--include-outbound-cidrs", &s.include_outbound_cidrs),
         ("--exclude-outbound-cidrs", &s.exclude_outbound_cidrs),
         ("--exclude-outbound-ports", &s.exclude_outbound_ports),
-        ("--include-inbound-ports", &s.include_inbound_ports),
     ] {
         if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
             a.push(flag.into());
             a.push(v.clone());
         }
     }
+    // Empty is meaningful here, as in Istio: no inbound redirection at all.
+    if let Some(v) = &s.include_inbound_ports {
+        a.push("--include-inbound-ports".into());
+        a.push(v.clone());
+    }
     a.push("--exclude-inbound-ports".into());
     a.push(s.exclude_inbound_ports.clone());
+    if s.ipv6 {
+        a.push("--ipv6".into());
+    }
     a
 }
 

@@ -16,6 +16,7 @@ import base64
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -437,6 +438,43 @@ def test_webhook_start_up_errors_name_the_file(tmp_path):
                         "--key", str(other_key), "--bind", "127.0.0.1:0"],
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 1 and "none.pem" in r.stderr, r.stderr
+
+
+# --- kustomize ---------------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (its built-in kustomize) not installed")
+def test_kustomizations_build():
+    built = {}
+    for d in ("monitoring", "webhook", "examples/chat"):
+        r = subprocess.run(["kubectl", "kustomize", str(K8S / d)], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, (d, r.stderr)
+        built[d] = list(yaml.safe_load_all(r.stdout))
+    chat = built["examples/chat"]
+    for doc in chat:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "chat", doc["metadata"]
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in chat)
+    assert ("ConfigMap", "sluice-config") in kinds and ("Secret", "provider-keys") in kinds
+    dep = [d for d in chat if d["kind"] == "Deployment"][0]
+    spec = dep["spec"]["template"]["spec"]
+    # The component adds the same containers the injector does.
+    injected = list(yaml.safe_load_all((K8S / "examples" / "chat" / "app.injected.yaml").read_text()))
+    want = [d for d in injected if d["kind"] == "Deployment"][0]["spec"]["template"]["spec"]
+    def flags(c):
+        a = c["args"]
+        return c["args"][0], sorted(zip(a[1::2], a[2::2]))
+
+    def without_args(c):
+        return {k: v for k, v in c.items() if k != "args"}
+
+    assert [flags(c) for c in spec["initContainers"]] == [flags(c) for c in want["initContainers"]]
+    assert [without_args(c) for c in spec["initContainers"]] == \
+        [without_args(c) for c in want["initContainers"]]
+    assert spec["containers"] == want["containers"]
+    assert sorted(v["name"] for v in spec["volumes"]) == sorted(v["name"] for v in want["volumes"])
+    kinds = {d["kind"] for d in built["webhook"]}
+    assert {"Deployment", "Service", "MutatingWebhookConfiguration", "Certificate"} <= kinds
 
 
 # --- the example application through the sidecar's configuration ------------------------------
