@@ -6,8 +6,9 @@
 //! returns only once the proxy is ready, the application starts after the proxy can carry its
 //! calls (Istio's `holdApplicationUntilProxyStarts`). On deletion every classic container gets
 //! SIGTERM at once; a `preStop` delay keeps the proxy serving while the application finishes
-//! its last calls. The proxy image is distroless (no shell, no `sleep`, no `curl`), so both are
-//! subcommands of the binary itself. Native sidecars need neither (the kubelet orders them).
+//! its last calls. Both are subcommands of the binary itself, so the hooks need nothing else in
+//! the image (no shell, `sleep` or `curl`), and a minimal or distroless image works. Native
+//! sidecars need neither (the kubelet orders them).
 //!
 //! Blocking std code on purpose: these run once, in their own short-lived process.
 
