@@ -452,6 +452,16 @@ pub fn inject_pod(
     if policy == Policy::Explicit && !requested {
         return Ok(Outcome::Skipped(Skip::NotRequested));
     }
+    for key in ["containers", "initContainers"] {
+        if has_container(spec_obj, key, INIT_CONTAINER) {
+            return Err(InjectError::invalid(
+                format!("{path}.spec.{key}"),
+                format!(
+                    "a container is already named `{INIT_CONTAINER}` (but no `{PROXY_CONTAINER}`)"
+                ),
+            ));
+        }
+    }
     for key in ["containers", "initContainers", "volumes"] {
         if let Some(v) = spec_obj.get(key) {
             if !v.is_array() && !v.is_null() {
@@ -530,10 +540,18 @@ pub fn inject_pod(
         init.extend(init_front);
         init.extend(rest);
     }
-    list_mut(spec, "volumes").push(json!({
-        "name": CONFIG_VOLUME,
-        "configMap": {"name": s.config_map},
-    }));
+    // A pod that already has a `sluice-config` volume (its own ConfigMap or Secret) keeps it:
+    // the proxy mounts that one.
+    let volumes = list_mut(spec, "volumes");
+    if !volumes
+        .iter()
+        .any(|v| v.get("name").and_then(Value::as_str) == Some(CONFIG_VOLUME))
+    {
+        volumes.push(json!({
+            "name": CONFIG_VOLUME,
+            "configMap": {"name": s.config_map},
+        }));
+    }
     Ok(Outcome::Injected)
 }
 
@@ -1053,4 +1071,146 @@ fn init_container(s: &Settings) -> Value {
         json!("FallbackToLogsOnError"),
     );
     Value::Object(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(meta: Value, spec: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
+    }
+
+    fn app() -> Value {
+        json!({"containers": [{"name": "app", "image": "app:1"}]})
+    }
+
+    #[test]
+    fn quantities_ports_and_cidrs_are_checked() {
+        for ok in ["100m", "0.5", "2", "128Mi", "1Gi", "1e3", "1E", "500k"] {
+            assert!(check_quantity(ok, "f").is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "lots",
+            "1.2.3",
+            "Mi",
+            "1 Gi",
+            "-1",
+            ".",
+            "1e",
+            "12345678901234567890123456789012345",
+        ] {
+            assert!(check_quantity(bad, "f").is_err(), "{bad}");
+        }
+        assert_eq!(port_list(" 80, 443 ,", false, "f").unwrap(), "80,443");
+        assert!(port_list("0", false, "f").is_err());
+        assert!(port_list("65536", false, "f").is_err());
+        assert!(port_list("*", false, "f").is_err());
+        assert_eq!(port_list("*", true, "f").unwrap(), "*");
+        let many = vec!["1"; ANNOTATION_LIST_ITEMS_MAX + 1].join(",");
+        assert!(port_list(&many, false, "f").is_err());
+        assert_eq!(
+            cidr_list("10.0.0.0/8, fd00::/8,1.2.3.4", false, "f").unwrap(),
+            "10.0.0.0/8,fd00::/8,1.2.3.4"
+        );
+        for bad in [
+            "10.0.0.0/33",
+            "fd00::/129",
+            "host.example",
+            "10.0.0.0/x",
+            "*",
+        ] {
+            assert!(cidr_list(bad, false, "f").is_err(), "{bad}");
+        }
+        assert!(is_dns_subdomain("sluice-config.v2"));
+        assert!(!is_dns_subdomain("Sluice"));
+        assert!(!is_dns_subdomain("-x"));
+    }
+
+    #[test]
+    fn a_taken_init_container_name_is_an_error_and_an_own_config_volume_is_kept() {
+        let mut p = pod(
+            json!({"name": "p"}),
+            json!({"initContainers": [{"name": "sluice-init", "image": "x"}],
+                   "containers": [{"name": "app", "image": "app:1"}]}),
+        );
+        let e = inject_pod(&mut p, &Options::default(), Policy::Default, "pod").unwrap_err();
+        assert!(e.to_string().contains("already named `sluice-init`"), "{e}");
+
+        let mut p = pod(
+            json!({"name": "p"}),
+            json!({"containers": [{"name": "app", "image": "app:1"}],
+                   "volumes": [{"name": "sluice-config", "secret": {"secretName": "mine"}}]}),
+        );
+        let out = inject_pod(&mut p, &Options::default(), Policy::Default, "pod").unwrap();
+        assert_eq!(out, Outcome::Injected);
+        assert_eq!(
+            p["spec"]["volumes"],
+            json!([{"name": "sluice-config", "secret": {"secretName": "mine"}}])
+        );
+    }
+
+    #[test]
+    fn policies_and_opt_outs() {
+        let opts = Options::default();
+        let mut p = pod(json!({"name": "p"}), app());
+        assert_eq!(
+            inject_pod(&mut p, &opts, Policy::Explicit, "pod").unwrap(),
+            Outcome::Skipped(Skip::NotRequested)
+        );
+        assert_eq!(
+            p,
+            pod(json!({"name": "p"}), app()),
+            "a skipped pod is unchanged"
+        );
+        let mut p = pod(json!({"annotations": {"sluice.dev/inject": "true"}}), app());
+        assert_eq!(
+            inject_pod(&mut p, &opts, Policy::Explicit, "pod").unwrap(),
+            Outcome::Injected
+        );
+        let mut p = pod(json!({"labels": {"sluice.dev/inject": "maybe"}}), app());
+        let e = inject_pod(&mut p, &opts, Policy::Default, "pod").unwrap_err();
+        assert!(
+            e.to_string().contains("metadata.labels.sluice.dev/inject"),
+            "{e}"
+        );
+        let mut p = pod(
+            json!({"annotations": {"sidecar.istio.io/inject": "false"}}),
+            app(),
+        );
+        assert!(matches!(
+            inject_pod(&mut p, &opts, Policy::Default, "pod").unwrap(),
+            Outcome::Skipped(Skip::OptedOut(_))
+        ));
+        let mut p = pod(json!({"annotations": {"sluice.dev/inject": true}}), app());
+        let e = inject_pod(&mut p, &opts, Policy::Default, "pod").unwrap_err();
+        assert!(e.to_string().contains("must be a string"), "{e}");
+        for spec in [
+            json!({"containers": []}),
+            json!({"containers": {"name": "a"}}),
+            json!("x"),
+        ] {
+            let mut p = pod(json!({}), spec);
+            assert!(inject_pod(&mut p, &opts, Policy::Default, "pod").is_err());
+        }
+        let mut p = json!({"metadata": {}});
+        assert!(inject_pod(&mut p, &opts, Policy::Default, "pod").is_err());
+        let mut p = json!([1]);
+        assert!(inject_pod(&mut p, &opts, Policy::Default, "pod").is_err());
+    }
+
+    #[test]
+    fn interception_none_adds_no_privileged_container() {
+        let opts = Options {
+            interception: Interception::None,
+            ..Options::default()
+        };
+        let mut p = pod(json!({}), app());
+        inject_pod(&mut p, &opts, Policy::Default, "pod").unwrap();
+        let s = p.to_string();
+        assert!(!s.contains("NET_ADMIN"), "{s}");
+        assert!(!s.contains(INIT_CONTAINER), "{s}");
+        assert_eq!(p["spec"]["initContainers"][0]["name"], PROXY_CONTAINER);
+    }
 }

@@ -267,21 +267,20 @@ fn serve_connection(
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     for _ in 0..WEBHOOK_REQUESTS_PER_CONNECTION_MAX {
         let req = match read_request(&mut s, &mut buf)? {
-            Read_::Request(r) => r,
-            Read_::Closed => return Ok(()),
-            Read_::Refuse(status, msg) => {
-                write_response(
-                    &mut s,
-                    status,
-                    "application/json",
-                    &error_body(status, msg),
-                    true,
-                )?;
+            ReadOutcome::Request(r) => r,
+            ReadOutcome::Closed => return Ok(()),
+            ReadOutcome::Refuse(status, msg) => {
+                let body = error_body(status, msg);
+                write_response(&mut s, status, "application/json", &body, body.len(), true)?;
                 return Ok(());
             }
         };
-        let (status, ctype, body) = route(&req, opts);
-        write_response(&mut s, status, ctype, &body, req.close)?;
+        let (status, ctype, mut body) = route(&req, opts);
+        let len = body.len();
+        if req.method == "HEAD" {
+            body.clear();
+        }
+        write_response(&mut s, status, ctype, &body, len, req.close)?;
         if req.close {
             return Ok(());
         }
@@ -296,16 +295,21 @@ struct Request {
     close: bool,
 }
 
-enum Read_ {
+enum ReadOutcome {
     Request(Request),
     Closed,
     Refuse(u16, &'static str),
 }
 
 /// Read one request from `s`. `buf` carries bytes read past the previous request.
-fn read_request(s: &mut Tls, buf: &mut Vec<u8>) -> std::io::Result<Read_> {
+fn read_request(s: &mut Tls, buf: &mut Vec<u8>) -> std::io::Result<ReadOutcome> {
     let mut chunk = [0u8; 8192];
     let mut started: Option<Instant> = (!buf.is_empty()).then(Instant::now);
+    if started.is_none() {
+        // Between requests the idle timeout applies (a previous request shortened it).
+        s.sock
+            .set_read_timeout(Some(Duration::from_millis(WEBHOOK_IDLE_TIMEOUT_MS)))?;
+    }
     let head_len;
     let (method, path, content_length, close);
     loop {
@@ -329,10 +333,13 @@ fn read_request(s: &mut Tls, buf: &mut Vec<u8>) -> std::io::Result<Read_> {
                         let v = std::str::from_utf8(h.value).ok().map(str::trim);
                         match v.and_then(|v| v.parse::<usize>().ok()) {
                             Some(n) if cl.is_none_or(|c| c == n) => cl = Some(n),
-                            _ => return Ok(Read_::Refuse(400, "invalid Content-Length")),
+                            _ => return Ok(ReadOutcome::Refuse(400, "invalid Content-Length")),
                         }
                     } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                        return Ok(Read_::Refuse(411, "send the body with a Content-Length"));
+                        return Ok(ReadOutcome::Refuse(
+                            411,
+                            "send the body with a Content-Length",
+                        ));
                     } else if h.name.eq_ignore_ascii_case("connection") {
                         let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
                         if v.split(',').any(|t| t.trim() == "close") {
@@ -346,21 +353,21 @@ fn read_request(s: &mut Tls, buf: &mut Vec<u8>) -> std::io::Result<Read_> {
             }
             Ok(httparse::Status::Partial) => {
                 if buf.len() >= WEBHOOK_HEAD_BYTES_MAX {
-                    return Ok(Read_::Refuse(431, "request head too large"));
+                    return Ok(ReadOutcome::Refuse(431, "request head too large"));
                 }
             }
-            Err(_) => return Ok(Read_::Refuse(400, "malformed HTTP request")),
+            Err(_) => return Ok(ReadOutcome::Refuse(400, "malformed HTTP request")),
         }
         if !read_some(s, buf, &mut chunk, &mut started)? {
             return if buf.is_empty() {
-                Ok(Read_::Closed)
+                Ok(ReadOutcome::Closed)
             } else {
                 Err(std::io::ErrorKind::UnexpectedEof.into())
             };
         }
     }
     if content_length > WEBHOOK_BODY_BYTES_MAX {
-        return Ok(Read_::Refuse(413, "request body too large"));
+        return Ok(ReadOutcome::Refuse(413, "request body too large"));
     }
     let total = head_len + content_length;
     while buf.len() < total {
@@ -370,7 +377,7 @@ fn read_request(s: &mut Tls, buf: &mut Vec<u8>) -> std::io::Result<Read_> {
     }
     let body = buf[head_len..total].to_vec();
     buf.drain(..total);
-    Ok(Read_::Request(Request {
+    Ok(ReadOutcome::Request(Request {
         method,
         path,
         body,
@@ -462,12 +469,12 @@ fn write_response(
     status: u16,
     ctype: &str,
     body: &[u8],
+    content_length: usize,
     close: bool,
 ) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{}\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {content_length}\r\n{}\r\n",
         crate::http1::canonical_reason(status),
-        body.len(),
         if close { "connection: close\r\n" } else { "" },
     );
     s.write_all(head.as_bytes())?;
