@@ -1048,7 +1048,7 @@ upstreams:
             "admin:\n  bind: 127.0.0.1:15000\n  health_bind: 0.0.0.0:15021\n  prometheus_bind: 0.0.0.0:15021",
         );
         let e = parse("t.yaml", &dup).unwrap_err().to_string();
-        assert!(e.contains("t.yaml:5: admin.prometheus_bind"), "{e}");
+        assert!(e.contains("t.yaml:6: admin.prometheus_bind"), "{e}");
         assert!(e.contains("already used"), "{e}");
         let bad = GOOD.replace(
             "admin: { bind: 127.0.0.1:15000 }",
