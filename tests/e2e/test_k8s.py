@@ -138,6 +138,29 @@ def test_health_and_prometheus_ports_serve_only_their_paths(mock):
         s.stop()
 
 
+def test_classic_form_hooks_wait_for_ready_and_delay(mock):
+    hp = free_port()
+    # Nothing listens yet: wait-ready gives up after its timeout, with a message.
+    t0 = time.time()
+    r = subprocess.run([SLUICE_BIN, "wait-ready", "--addr", f"127.0.0.1:{hp}", "--timeout-ms", "300"],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1 and "not ready after 300 ms" in r.stderr, r
+    assert time.time() - t0 >= 0.3
+    # Started in the background, the hook returns once sluice is ready.
+    waiter = subprocess.Popen([SLUICE_BIN, "wait-ready", "--addr", f"127.0.0.1:{hp}",
+                               "--timeout-ms", "20000"])
+    time.sleep(0.3)
+    assert waiter.poll() is None
+    s = start_sluice(extra_ports_config(hp, free_port()).replace("MOCK", mock.addr))
+    try:
+        assert waiter.wait(10) == 0
+        t0 = time.time()
+        r = subprocess.run([SLUICE_BIN, "drain-delay", "--ms", "300"], timeout=20)
+        assert r.returncode == 0 and time.time() - t0 >= 0.3
+    finally:
+        s.stop()
+
+
 def test_extra_admin_binds_are_validated(tmp_path):
     cfg = tmp_path / "sluice.yaml"
     cfg.write_text("""\
