@@ -11,6 +11,9 @@
 //! * [`pii`]: PII detection and redaction engine, shared read-only by all cores.
 //! * [`telemetry`]: per-request records batched off the hot path into metrics and access logs.
 //! * [`admin`]: readiness, metrics, running config.
+//! * [`transparent`]: iptables-redirected connections: original destination, sniffing,
+//!   pass-through.
+//! * [`iptables`]: the `sluice iptables` rules (init container).
 //! * [`error`]: the error vocabulary shared by every boundary.
 
 pub mod admin;
@@ -25,4 +28,5 @@ pub mod proxy;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod transparent;
 pub mod worker;
