@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod http1;
+pub mod iptables;
 pub mod inspect;
 pub mod otel;
 pub mod pii;
