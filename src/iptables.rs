@@ -55,10 +55,7 @@ pub enum IptablesError {
     #[error("{0}")]
     BadOption(String),
     #[error("cannot run `{cmd}`: {source}")]
-    Spawn {
-        cmd: String,
-        source: std::io::Error,
-    },
+    Spawn { cmd: String, source: std::io::Error },
     #[error("`{cmd}` failed ({status}): {stderr}")]
     Failed {
         cmd: String,
@@ -110,11 +107,10 @@ pub fn parse_ports(s: &str) -> Result<Set<u16>, IptablesError> {
     }
     let mut v = Vec::new();
     for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let n: u16 = p
-            .parse()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| IptablesError::BadOption(format!("`{p}` is not a port (1-65535)")))?;
+        let n: u16 =
+            p.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                IptablesError::BadOption(format!("`{p}` is not a port (1-65535)"))
+            })?;
         if !v.contains(&n) {
             v.push(n);
         }
@@ -211,7 +207,10 @@ impl Builder {
 }
 
 fn in_family(c: &Cidr, f: Family) -> bool {
-    matches!((c.addr, f), (IpAddr::V4(_), Family::V4) | (IpAddr::V6(_), Family::V6))
+    matches!(
+        (c.addr, f),
+        (IpAddr::V4(_), Family::V4) | (IpAddr::V6(_), Family::V6)
+    )
 }
 
 /// The commands that install the rules (after a cleanup), per family.
@@ -235,7 +234,12 @@ pub fn install_commands(o: &Options) -> Vec<Cmd> {
         let gid = o.proxy_gid.to_string();
         let out_port = o.outbound_port.to_string();
         let in_port = o.inbound_port.to_string();
-        for c in [CHAIN_INBOUND, CHAIN_REDIRECT, CHAIN_IN_REDIRECT, CHAIN_OUTPUT] {
+        for c in [
+            CHAIN_INBOUND,
+            CHAIN_REDIRECT,
+            CHAIN_IN_REDIRECT,
+            CHAIN_OUTPUT,
+        ] {
             b.add(&["-N", c]);
         }
         b.add(&[
@@ -359,16 +363,7 @@ pub fn install_commands(o: &Options) -> Vec<Cmd> {
                 "RETURN",
             ]);
             // The proxy's own connections: never redirected (no loop).
-            b.add(&[
-                "-A",
-                CHAIN_OUTPUT,
-                "-m",
-                "owner",
-                m,
-                id,
-                "-j",
-                "RETURN",
-            ]);
+            b.add(&["-A", CHAIN_OUTPUT, "-m", "owner", m, id, "-j", "RETURN"]);
         }
         b.add(&["-A", CHAIN_OUTPUT, "-d", lo_net, "-j", "RETURN"]);
         for p in &o.include_outbound_ports {
@@ -384,7 +379,11 @@ pub fn install_commands(o: &Options) -> Vec<Cmd> {
                 CHAIN_REDIRECT,
             ]);
         }
-        for c in o.exclude_outbound_cidrs.iter().filter(|c| in_family(c, fam)) {
+        for c in o
+            .exclude_outbound_cidrs
+            .iter()
+            .filter(|c| in_family(c, fam))
+        {
             let c = c.to_string();
             b.add(&["-A", CHAIN_OUTPUT, "-d", &c, "-j", "RETURN"]);
         }
@@ -419,10 +418,20 @@ pub fn cleanup_commands(ipv6: bool) -> Vec<Cmd> {
         };
         b.add(&["-D", "PREROUTING", "-p", "tcp", "-j", CHAIN_INBOUND]);
         b.add(&["-D", "OUTPUT", "-p", "tcp", "-j", CHAIN_OUTPUT]);
-        for c in [CHAIN_INBOUND, CHAIN_OUTPUT, CHAIN_REDIRECT, CHAIN_IN_REDIRECT] {
+        for c in [
+            CHAIN_INBOUND,
+            CHAIN_OUTPUT,
+            CHAIN_REDIRECT,
+            CHAIN_IN_REDIRECT,
+        ] {
             b.add(&["-F", c]);
         }
-        for c in [CHAIN_INBOUND, CHAIN_OUTPUT, CHAIN_REDIRECT, CHAIN_IN_REDIRECT] {
+        for c in [
+            CHAIN_INBOUND,
+            CHAIN_OUTPUT,
+            CHAIN_REDIRECT,
+            CHAIN_IN_REDIRECT,
+        ] {
             b.add(&["-X", c]);
         }
         out.extend(b.out);
@@ -559,7 +568,10 @@ mod tests {
 
     #[test]
     fn default_rules_golden() {
-        golden("default.txt", &render(&install_commands(&Options::default())));
+        golden(
+            "default.txt",
+            &render(&install_commands(&Options::default())),
+        );
     }
 
     #[test]

@@ -349,8 +349,8 @@ fn build_route(
             .get(&r.upstream.value)
             .ok_or_else(|| format!("route {i}: unknown upstream {}", r.upstream.value))?
     };
-    let (destination, destination_port, sni) =
-        crate::transparent::compile_route_match(&r.matcher).map_err(|e| format!("route {i}: {e}"))?;
+    let (destination, destination_port, sni) = crate::transparent::compile_route_match(&r.matcher)
+        .map_err(|e| format!("route {i}: {e}"))?;
     let name = r.name.clone().unwrap_or_else(|| format!("{listener}-{i}"));
     Ok(RouteRt {
         name: Arc::from(name.as_str()),

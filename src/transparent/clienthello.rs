@@ -219,7 +219,9 @@ fn parse_body(body: &[u8]) -> Result<ClientHello, ClientHelloError> {
     r.take(32, "random")?;
     let sid = r.vec8("session_id")?;
     if sid.len() > 32 {
-        return Err(ClientHelloError::Malformed("session_id longer than 32 bytes"));
+        return Err(ClientHelloError::Malformed(
+            "session_id longer than 32 bytes",
+        ));
     }
     let suites = r.vec16("cipher_suites")?;
     if suites.len() < 2 || suites.len() % 2 != 0 {
@@ -483,7 +485,10 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_client_hello() {
-        assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Err(ClientHelloError::NotHandshake));
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\n"),
+            Err(ClientHelloError::NotHandshake)
+        );
         assert_eq!(parse(&[0x16, 2]), Err(ClientHelloError::Version(0x200)));
         assert_eq!(parse(&[0x16]), Ok(Parsed::Incomplete));
         assert_eq!(

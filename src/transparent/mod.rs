@@ -233,7 +233,11 @@ pub fn validate_listener(l: &ListenerConfig) -> Vec<(u64, String, String)> {
             ));
         }
         if t.idle_timeout_ms == 0 {
-            out.push((line, "transparent.idle_timeout_ms".into(), "must be > 0".into()));
+            out.push((
+                line,
+                "transparent.idle_timeout_ms".into(),
+                "must be > 0".into(),
+            ));
         }
         if t.connect_timeout_ms == 0 {
             out.push((
@@ -463,7 +467,11 @@ impl PerCore {
     pub fn upstream_for(&self, target: SocketAddr, t: &TransparentConfig) -> Arc<UpstreamRt> {
         let now = self.clock.get().wrapping_add(1);
         self.clock.set(now);
-        let settings = (t.connect_timeout_ms, t.pool_idle_max, t.pool_idle_timeout_ms);
+        let settings = (
+            t.connect_timeout_ms,
+            t.pool_idle_max,
+            t.pool_idle_timeout_ms,
+        );
         let mut map = self.upstreams.borrow_mut();
         if let Some(e) = map.get_mut(&target) {
             if e.settings == settings {
@@ -472,11 +480,7 @@ impl PerCore {
             }
         }
         if map.len() >= t.original_destinations_max && !map.contains_key(&target) {
-            if let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| *k)
-            {
+            if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| *k) {
                 map.remove(&oldest);
             }
         }
@@ -573,8 +577,7 @@ pub async fn serve(
             _ => o,
         },
     });
-    let deadline =
-        monoio::time::Instant::now() + Duration::from_millis(t.sniff_timeout_ms.max(1));
+    let deadline = monoio::time::Instant::now() + Duration::from_millis(t.sniff_timeout_ms.max(1));
     let sniffed = match sniff::sniff(&stream, deadline).await {
         Ok(Some(s)) => s,
         Ok(None) => return,
@@ -633,9 +636,10 @@ fn tls_target(
     dst: Option<ConnDst>,
     name: Option<&str>,
 ) -> Option<SocketAddr> {
-    let name = name?;
     let route = l.routes.iter().find(|r| {
-        r.sni.as_deref().is_some_and(|p| sni_matches(p, name))
+        r.sni
+            .as_deref()
+            .is_some_and(|p| name.is_some_and(|n| sni_matches(p, n)))
             && (r.destination.is_none() && r.destination_port.is_none()
                 || dst.is_some_and(|d| {
                     r.destination.is_none_or(|c| c.contains(d.original.ip()))
@@ -646,7 +650,11 @@ fn tls_target(
         Some(r) if r.upstream != ORIGINAL_DST_IDX => snap
             .upstreams
             .get(r.upstream)
-            .and_then(|u| u.endpoints.iter().find_map(|e| e.addrs.load().first().copied()))
+            .and_then(|u| {
+                u.endpoints
+                    .iter()
+                    .find_map(|e| e.addrs.load().first().copied())
+            })
             .or(dst.map(|d| d.target)),
         _ => dst.map(|d| d.target),
     }
@@ -850,6 +858,125 @@ mod tests {
         let u4b = pc.upstream_for(a[4], &t2);
         assert!(!Arc::ptr_eq(&u4, &u4b));
         assert_eq!(u4b.connect_timeout_ms, 7);
+    }
+
+    const TP: &str = r#"
+listeners:
+  - name: outbound
+    bind: 0.0.0.0:15001
+    mode: transparent_outbound
+    transparent: { sniff_timeout_ms: 250, original_destinations_max: 16 }
+    routes:
+      - match: { path_prefix: /v1/, destination: 10.211.0.0/16, destination_port: 80 }
+        upstream: original_destination
+        inspect: {}
+      - match: { sni: "*.openai.com" }
+        upstream: egress
+upstreams:
+  egress:
+    endpoints: ["10.0.0.9:443"]
+"#;
+
+    #[test]
+    fn transparent_config_parses_and_compiles() {
+        let c = crate::config::parse("t.yaml", TP).unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(l.mode, ListenerMode::TransparentOutbound);
+        assert_eq!(l.transparent.sniff_timeout_ms, 250);
+        assert_eq!(
+            l.transparent.idle_timeout_ms,
+            PASSTHROUGH_IDLE_TIMEOUT_MS_DEFAULT
+        );
+        let snap = crate::snapshot::Snapshot::build(c, 1, None).unwrap();
+        let l = &snap.listeners[0];
+        assert_eq!(l.routes.len(), 3, "the implicit pass-through route is last");
+        assert_eq!(l.routes[0].upstream, ORIGINAL_DST_IDX);
+        assert_eq!(
+            l.routes[0].destination,
+            Some("10.211.0.0/16".parse().unwrap())
+        );
+        assert_eq!(l.routes[1].sni.as_deref(), Some("*.openai.com"));
+        assert_eq!(&*l.routes[2].name, "outbound-passthrough");
+        assert_eq!(l.routes[2].upstream, ORIGINAL_DST_IDX);
+        let dst = |o: &str| {
+            Some(ConnDst {
+                original: o.parse().unwrap(),
+                target: o.parse().unwrap(),
+            })
+        };
+        assert!(http_route_matches(&l.routes[0], dst("10.211.1.2:80")));
+        assert!(!http_route_matches(&l.routes[0], dst("10.211.1.2:8080")));
+        assert!(!http_route_matches(&l.routes[0], dst("10.1.1.2:80")));
+        assert!(!http_route_matches(&l.routes[0], None));
+        assert!(!http_route_matches(&l.routes[1], dst("10.211.1.2:443")));
+        assert!(http_route_matches(&l.routes[2], None));
+        // TLS: the SNI route's upstream, else the original destination.
+        let d = dst("1.2.3.4:443");
+        assert_eq!(
+            tls_target(&snap, l, d, Some("api.openai.com")),
+            Some("10.0.0.9:443".parse().unwrap())
+        );
+        assert_eq!(
+            tls_target(&snap, l, d, Some("example.com")),
+            Some("1.2.3.4:443".parse().unwrap())
+        );
+        assert_eq!(
+            tls_target(&snap, l, d, None),
+            Some("1.2.3.4:443".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn transparent_config_errors_name_line_and_field() {
+        let explicit = TP.replace("    mode: transparent_outbound\n", "");
+        let e = crate::config::parse("t.yaml", &explicit)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.yaml:8: listeners[0].routes[0].upstream: `original_destination` needs a transparent listener"),
+            "{e}"
+        );
+        assert!(
+            e.contains("listeners[0].routes[0].match: destination"),
+            "{e}"
+        );
+        let bad = TP.replace("10.211.0.0/16", "10.211.0.0/99").replace(
+            "sni: \"*.openai.com\"",
+            "sni: \"*.openai.com\", path_prefix: /x",
+        );
+        let e = crate::config::parse("t.yaml", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.yaml:8: listeners[0].routes[0].match.destination: `10.211.0.0/99`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("t.yaml:11: listeners[0].routes[1].match.sni: a TLS pass-through route sees no HTTP"),
+            "{e}"
+        );
+        let reserved = TP.replace("  egress:", "  original_destination:");
+        let e = crate::config::parse("t.yaml", &reserved)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("upstreams.original_destination: `original_destination` is reserved"),
+            "{e}"
+        );
+        let zero = TP.replace("sniff_timeout_ms: 250", "sniff_timeout_ms: 0");
+        let e = crate::config::parse("t.yaml", &zero)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "t.yaml:4: listeners[0].transparent.sniff_timeout_ms: must be between 1 and 60000"
+            ),
+            "{e}"
+        );
+        let unknown = TP.replace("sniff_timeout_ms: 250", "sniff_timeout: 250");
+        assert!(crate::config::parse("t.yaml", &unknown).is_err());
+        let mode = TP.replace("transparent_outbound", "transparent");
+        assert!(crate::config::parse("t.yaml", &mode).is_err());
     }
 
     #[test]

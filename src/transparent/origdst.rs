@@ -66,7 +66,10 @@ fn get_v4(fd: RawFd) -> io::Result<SocketAddr> {
         ));
     }
     let ip = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
-    Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sa.sin_port))))
+    Ok(SocketAddr::V4(SocketAddrV4::new(
+        ip,
+        u16::from_be(sa.sin_port),
+    )))
 }
 
 fn get_v6(fd: RawFd) -> io::Result<SocketAddr> {

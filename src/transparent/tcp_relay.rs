@@ -195,11 +195,7 @@ mod tests {
     async fn pair(
         prefix: Vec<u8>,
         idle: Duration,
-    ) -> (
-        TcpStream,
-        TcpStream,
-        monoio::task::JoinHandle<RelayStats>,
-    ) {
+    ) -> (TcpStream, TcpStream, monoio::task::JoinHandle<RelayStats>) {
         let front = TcpListener::bind("127.0.0.1:0").unwrap();
         let back = TcpListener::bind("127.0.0.1:0").unwrap();
         let fa = front.local_addr().unwrap();
@@ -271,9 +267,17 @@ mod tests {
             // A plain blocking client: read only after the relay ended, so it cannot block it.
             let mut c = std::net::TcpStream::connect(front.local_addr().unwrap()).unwrap();
             let (accepted, _) = front.accept().await.unwrap();
-            let up = TcpStream::connect_addr(back.local_addr().unwrap()).await.unwrap();
+            let up = TcpStream::connect_addr(back.local_addr().unwrap())
+                .await
+                .unwrap();
             let (s, _) = back.accept().await.unwrap();
-            let h = monoio::spawn(relay(accepted, up, Vec::new(), false, Duration::from_secs(5)));
+            let h = monoio::spawn(relay(
+                accepted,
+                up,
+                Vec::new(),
+                false,
+                Duration::from_secs(5),
+            ));
             reset_on_close(s.as_raw_fd());
             drop(s);
             let st = h.await;
