@@ -102,7 +102,7 @@ pub struct WorkerGauges {
     /// (upstream name, idle pooled connections, active upstream connections)
     pub upstream_pool: Vec<(Arc<str>, u64, u64)>,
     /// Transparent listeners' connection counters (absolute, per worker).
-    pub transparent: Option<crate::transparent::Stats>,
+    pub transparent: Option<Box<crate::transparent::Stats>>,
 }
 
 pub enum TelemetryMsg {
@@ -489,7 +489,7 @@ fn publish_gauges(all: &HashMap<usize, WorkerGauges>) {
         metrics::gauge!(names::UPSTREAM_ACTIVE, "upstream" => u.to_string()).set(active as f64);
     }
     if all.values().any(|g| g.transparent.is_some()) {
-        crate::transparent::publish(all.values().filter_map(|g| g.transparent.as_ref()));
+        crate::transparent::publish(all.values().filter_map(|g| g.transparent.as_deref()));
     }
 }
 

@@ -222,7 +222,7 @@ impl Worker {
             upstream_pool: self.pools.borrow().gauges(),
             transparent: {
                 let s = self.transparent.stats.borrow();
-                (!s.connections.is_empty()).then(|| s.clone())
+                (!s.connections.is_empty()).then(|| Box::new(s.clone()))
             },
         });
         self.shared.telemetry.try_send(TelemetryMsg::Batch {

@@ -326,10 +326,11 @@ fn check_sni_pattern(p: &str) -> Result<(), String> {
     }
 }
 
+/// A route's transparent-mode conditions: destination network, destination port, SNI pattern.
+pub type DestinationMatch = (Option<Cidr>, Option<u16>, Option<String>);
+
 /// The routing-relevant parts of a route's match, compiled for the snapshot.
-pub fn compile_route_match(
-    m: &crate::config::RouteMatch,
-) -> Result<(Option<Cidr>, Option<u16>, Option<String>), String> {
+pub fn compile_route_match(m: &crate::config::RouteMatch) -> Result<DestinationMatch, String> {
     let dst = match &m.destination {
         Some(Loc { value, .. }) => Some(value.parse::<Cidr>()?),
         None => None,
