@@ -63,8 +63,11 @@ pub const PASSTHROUGH_IDLE_TIMEOUT_MS_DEFAULT: u64 = 3_600_000;
 pub const ORIGINAL_DESTINATIONS_MAX_DEFAULT: usize = 1024;
 /// Largest accepted `original_destinations_max`.
 pub const ORIGINAL_DESTINATIONS_MAX_LIMIT: usize = 65_536;
-/// Default idle keep-alive connections pooled per original destination per worker.
-pub const ORIGINAL_DESTINATION_POOL_IDLE_MAX_DEFAULT: usize = 8;
+/// Default idle keep-alive connections pooled per original destination per worker: the same
+/// as a configured upstream's, so a busy destination keeps its connections warm (a smaller
+/// pool turns every request above it into a new connection). Worst case per worker:
+/// `original_destinations_max` × this, each closed after `pool_idle_timeout_ms` idle.
+pub const ORIGINAL_DESTINATION_POOL_IDLE_MAX_DEFAULT: usize = crate::config::POOL_IDLE_MAX_DEFAULT;
 /// Longest accepted `sniff_timeout_ms`.
 pub const SNIFF_TIMEOUT_MS_MAX: u64 = 60_000;
 /// Distinct TLS server names counted per worker and listener; later ones count as `other`.
