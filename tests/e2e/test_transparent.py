@@ -65,6 +65,8 @@ class Net:
         self.model = f"sl-mdl-{n}"
         self.app_ip = f"10.211.{n}.1"
         self.model_ip = f"10.211.{n}.2"
+        self.app_ip6 = f"fd00:211:{n:x}::1"
+        self.model_ip6 = f"fd00:211:{n:x}::2"
         self.procs = []
         self.dir = Path(tempfile.mkdtemp(prefix="sluice-tp-"))
         os.chmod(self.dir, 0o755)
@@ -81,12 +83,16 @@ class Net:
         sh("ip", "link", "set", vb, "netns", self.model)
         sh("ip", "-n", self.app, "addr", "add", f"{self.app_ip}/24", "dev", va)
         sh("ip", "-n", self.model, "addr", "add", f"{self.model_ip}/24", "dev", vb)
+        # nodad: usable at once, no duplicate address detection wait.
+        sh("ip", "-n", self.app, "addr", "add", f"{self.app_ip6}/64", "dev", va, "nodad")
+        sh("ip", "-n", self.model, "addr", "add", f"{self.model_ip6}/64", "dev", vb, "nodad")
         sh("ip", "-n", self.app, "link", "set", va, "up")
         sh("ip", "-n", self.model, "link", "set", vb, "up")
         # `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts.
         hosts = Path("/etc/netns") / self.app
         hosts.mkdir(parents=True, exist_ok=True)
-        (hosts / "hosts").write_text(f"127.0.0.1 localhost\n{self.model_ip} model.test\n")
+        (hosts / "hosts").write_text(f"127.0.0.1 localhost\n::1 localhost\n{self.model_ip} model.test\n"
+                                    f"{self.model_ip6} model6.test\n")
 
     def down(self):
         for p in reversed(self.procs):
@@ -198,7 +204,7 @@ admin: { bind: 127.0.0.1:15000 }
 telemetry: { flush_interval_ms: 50 }
 listeners:
   - name: outbound
-    bind: 0.0.0.0:15001
+    bind: "[::]:15001"          # dual stack: IPv4 clients arrive v4-mapped
     mode: transparent_outbound
     transparent: { sniff_timeout_ms: 300 }
     routes:
@@ -206,7 +212,7 @@ listeners:
         upstream: original_destination
         inspect: {}
   - name: inbound
-    bind: 0.0.0.0:15006
+    bind: "[::]:15006"
     mode: transparent_inbound
     routes:
       - match: { path_prefix: /v1/ }
@@ -263,7 +269,7 @@ def pod(net):
     """The model namespace serving the mock on :80; the app namespace with sluice and rules."""
     net.start_mock(net.model, f"{net.model_ip}:80")
     net.start_sluice(SLUICE_CONFIG)
-    r = net.iptables()
+    r = net.iptables("--ipv6")
     assert "rules installed" in r.stdout, r.stdout + r.stderr
     return net
 
@@ -308,6 +314,21 @@ def test_unmodified_http_clients_are_intercepted_and_counted(pod):
     for req in rec:
         assert req["headers"].get("host") == "model.test", req["headers"]
         assert "sluice" in req["headers"].get("via", ""), req["headers"]
+
+
+def test_ipv6_original_destinations(pod):
+    pod.start_mock(pod.model, f"[{pod.model_ip6}]:80")
+    r = pod.exec(pod.app, "curl", "-6", "-s", "-w", "\n%{http_code}",
+                 "http://model6.test/v1/chat/completions", "-H", "content-type: application/json",
+                 "-d", chat_body().decode())
+    assert r.stdout.endswith("\n200"), r.stdout + r.stderr
+    assert pod.wait_metric("sluice_gen_ai_tokens_total", 16, gen_ai_token_type="output") == 16
+    assert pod.metric("sluice_requests_total", listener="outbound", route="outbound-0",
+                      upstream="original_destination", status="200") == 1
+    rec = json.loads(pod.exec(pod.model, "curl", "-s",
+                              f"http://[{pod.model_ip6}]/__mock/requests").stdout)
+    assert len(rec) == 1 and rec[0]["headers"]["host"] == "model6.test", rec
+    assert "sluice" in rec[0]["headers"].get("via", "")
 
 
 def test_unrouted_http_goes_to_the_original_destination_uninspected(pod):
@@ -401,8 +422,8 @@ def test_a_direct_connection_to_the_transparent_port_is_refused_politely(pod):
 
 
 def test_iptables_is_idempotent_and_cleans_up(net):
-    def nat():
-        out = net.exec(net.app, "iptables-save", "-t", "nat").stdout
+    def nat(save="iptables-save"):
+        out = net.exec(net.app, save, "-t", "nat").stdout
         return [l for l in out.splitlines() if l and not l.startswith("#")]
 
     before = nat()
@@ -421,6 +442,15 @@ def test_iptables_is_idempotent_and_cleans_up(net):
     net.iptables("--cleanup")
     assert not [l for l in nat() if "SLUICE" in l], nat()
     net.iptables("--cleanup")  # nothing left to remove: still fine
+
+    # IPv6 the same way, through ip6tables.
+    net.iptables("--ipv6")
+    net.iptables("--ipv6")
+    six = nat("ip6tables-save")
+    assert six.count("-A OUTPUT -p tcp -j SLUICE_OUTPUT") == 1, six
+    assert "-A SLUICE_OUTPUT -d ::1/128 -j RETURN" in six, six
+    net.iptables("--ipv6", "--cleanup")
+    assert not [l for l in nat("ip6tables-save") + nat() if "SLUICE" in l]
 
     bad = net.exec(net.app, SLUICE_BIN, "iptables", "--exclude-outbound-ports", "http", check=False)
     assert bad.returncode == 2 and "not a port" in bad.stderr
