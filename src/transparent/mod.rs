@@ -227,6 +227,13 @@ pub fn validate_listener(l: &ListenerConfig) -> Vec<(u64, String, String)> {
     let mut out = Vec::new();
     let line = l.bind.line;
     let t = &l.transparent;
+    if !l.mode.is_transparent() && *t != TransparentConfig::default() {
+        out.push((
+            line,
+            "transparent".into(),
+            "set, but the listener's mode is `explicit`: add `mode: transparent_outbound` or `transparent_inbound`".into(),
+        ));
+    }
     if l.mode.is_transparent() {
         if t.sniff_timeout_ms == 0 || t.sniff_timeout_ms > SNIFF_TIMEOUT_MS_MAX {
             out.push((
@@ -585,10 +592,7 @@ pub async fn serve(
     let sniffed = match sniff::sniff(&stream, deadline).await {
         Ok(Some(s)) => s,
         Ok(None) => return,
-        Err(e) => {
-            tracing::debug!(listener = %listener, %peer, error = %e, "sniff failed");
-            return;
-        }
+        Err(e) => return count_error(&w, &listener, peer, &TransparentError::Sniff(e)),
     };
     w.transparent.count(&listener, sniffed.protocol);
     match sniffed.protocol {
@@ -620,13 +624,33 @@ pub async fn serve(
             // (`sniffed.hello`: server name, ALPN) and the original destination (`dst`, to
             // re-originate TLS to with full verification).
             tracing::debug!(listener = %listener, %peer, sni = name.as_deref().unwrap_or(""), target = ?target, "TLS pass-through");
-            pass_through(&w, &listener, Protocol::Tls, stream, sniffed, target, &t).await;
+            pass_through(
+                &w,
+                &listener,
+                peer,
+                Protocol::Tls,
+                stream,
+                sniffed,
+                target,
+                &t,
+            )
+            .await;
             drop(guard);
         }
         Protocol::Tcp => {
             drop(snap);
             let target = dst.map(|d| d.target);
-            pass_through(&w, &listener, Protocol::Tcp, stream, sniffed, target, &t).await;
+            pass_through(
+                &w,
+                &listener,
+                peer,
+                Protocol::Tcp,
+                stream,
+                sniffed,
+                target,
+                &t,
+            )
+            .await;
             drop(guard);
         }
     }
@@ -664,63 +688,129 @@ fn tls_target(
     }
 }
 
+/// Why a redirected connection could not be served or ended abnormally. Counted in
+/// `sluice_transparent_errors_total{code}` and logged (debug: these are the application's
+/// connections, and a failing destination is its business, not sluice's).
+#[derive(Debug, thiserror::Error)]
+pub enum TransparentError {
+    #[error("connection not redirected to this listener: no original destination")]
+    NoOriginalDestination,
+    #[error("reading the first bytes failed: {0}")]
+    Sniff(std::io::Error),
+    #[error("original destination {0}: connect failed: {1}")]
+    ConnectFailed(SocketAddr, std::io::Error),
+    #[error("original destination {0}: connect timed out after {1} ms")]
+    ConnectTimeout(SocketAddr, u64),
+    #[error("pass-through reset or failed on one side; the other side was reset")]
+    Reset,
+    #[error("pass-through idle for {0} ms in both directions: closed")]
+    IdleTimeout(u64),
+}
+
+impl crate::error::Classify for TransparentError {
+    fn side(&self) -> crate::error::Side {
+        use crate::error::Side;
+        match self {
+            TransparentError::NoOriginalDestination
+            | TransparentError::Sniff(_)
+            | TransparentError::IdleTimeout(_) => Side::Downstream,
+            // A reset may come from either peer; the destination is the usual suspect.
+            TransparentError::ConnectFailed(..)
+            | TransparentError::ConnectTimeout(..)
+            | TransparentError::Reset => Side::Upstream,
+        }
+    }
+    fn status(&self) -> u16 {
+        match self {
+            TransparentError::NoOriginalDestination => 421,
+            TransparentError::Sniff(_) => 400,
+            TransparentError::ConnectTimeout(..) | TransparentError::IdleTimeout(_) => 504,
+            TransparentError::ConnectFailed(..) | TransparentError::Reset => 502,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            TransparentError::NoOriginalDestination => "no_original_destination",
+            TransparentError::Sniff(_) => "sniff_failed",
+            TransparentError::ConnectFailed(..) => "connect_failed",
+            TransparentError::ConnectTimeout(..) => "connect_timeout",
+            TransparentError::Reset => "reset",
+            TransparentError::IdleTimeout(_) => "idle_timeout",
+        }
+    }
+}
+
+fn count_error(w: &Worker, listener: &Arc<str>, peer: SocketAddr, e: &TransparentError) {
+    use crate::error::Classify;
+    w.transparent.stats.borrow_mut().error(listener, e.code());
+    tracing::debug!(listener = %listener, %peer, code = e.code(), side = e.side().as_str(), "{e}");
+}
+
 /// Connect to `target` and relay bytes both ways until done; count everything.
+#[allow(clippy::too_many_arguments)]
 async fn pass_through(
     w: &Rc<Worker>,
     listener: &Arc<str>,
+    peer: SocketAddr,
     protocol: Protocol,
     client: TcpStream,
     sniffed: sniff::Sniffed,
     target: Option<SocketAddr>,
     t: &TransparentConfig,
 ) {
-    let Some(target) = target else {
-        // Connected to the listener directly: there is nowhere to pass the bytes to.
-        w.transparent
-            .stats
-            .borrow_mut()
-            .error(listener, "no_original_destination");
-        tracing::debug!(listener = %listener, "pass-through without an original destination: closed");
-        tcp_relay::reset_on_close(client.as_raw_fd());
-        return;
+    let r = relay_to(client, sniffed, target, t).await;
+    let st = match r {
+        Ok(st) => st,
+        Err(e) => return count_error(w, listener, peer, &e),
     };
+    {
+        let mut stats = w.transparent.stats.borrow_mut();
+        let e = stats
+            .passthrough_bytes
+            .entry((listener.clone(), protocol))
+            .or_default();
+        e.0 += st.bytes_in;
+        e.1 += st.bytes_out;
+    }
+    match st.end {
+        tcp_relay::RelayEnd::Closed => {}
+        tcp_relay::RelayEnd::IdleTimeout => count_error(
+            w,
+            listener,
+            peer,
+            &TransparentError::IdleTimeout(t.idle_timeout_ms),
+        ),
+        tcp_relay::RelayEnd::Error => count_error(w, listener, peer, &TransparentError::Reset),
+    }
+}
+
+async fn relay_to(
+    client: TcpStream,
+    sniffed: sniff::Sniffed,
+    target: Option<SocketAddr>,
+    t: &TransparentConfig,
+) -> Result<tcp_relay::RelayStats, TransparentError> {
+    let fail = |e: TransparentError| {
+        // The client sees the failure as it would without sluice: a reset connection.
+        tcp_relay::reset_on_close(client.as_raw_fd());
+        e
+    };
+    // Connected to the listener directly: there is nowhere to pass the bytes to.
+    let target = target.ok_or_else(|| fail(TransparentError::NoOriginalDestination))?;
     let timeout = Duration::from_millis(t.connect_timeout_ms);
     let up = match monoio::time::timeout(timeout, TcpStream::connect_addr(target)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            w.transparent
-                .stats
-                .borrow_mut()
-                .error(listener, "connect_failed");
-            tracing::debug!(listener = %listener, %target, error = %e, "pass-through connect failed");
-            tcp_relay::reset_on_close(client.as_raw_fd());
-            return;
-        }
+        Ok(Err(e)) => return Err(fail(TransparentError::ConnectFailed(target, e))),
         Err(_) => {
-            w.transparent
-                .stats
-                .borrow_mut()
-                .error(listener, "connect_timeout");
-            tracing::debug!(listener = %listener, %target, "pass-through connect timed out");
-            tcp_relay::reset_on_close(client.as_raw_fd());
-            return;
+            return Err(fail(TransparentError::ConnectTimeout(
+                target,
+                t.connect_timeout_ms,
+            )))
         }
     };
     let _ = up.set_nodelay(true);
     let idle = Duration::from_millis(t.idle_timeout_ms);
-    let st = tcp_relay::relay(client, up, sniffed.prefix, sniffed.client_eof, idle).await;
-    let mut stats = w.transparent.stats.borrow_mut();
-    let e = stats
-        .passthrough_bytes
-        .entry((listener.clone(), protocol))
-        .or_default();
-    e.0 += st.bytes_in;
-    e.1 += st.bytes_out;
-    match st.end {
-        tcp_relay::RelayEnd::Closed => {}
-        tcp_relay::RelayEnd::IdleTimeout => stats.error(listener, "idle_timeout"),
-        tcp_relay::RelayEnd::Error => stats.error(listener, "reset"),
-    }
+    Ok(tcp_relay::relay(client, up, sniffed.prefix, sniffed.client_eof, idle).await)
 }
 
 /// Metric names (documented in docs/metrics.md).
@@ -974,6 +1064,16 @@ upstreams:
         assert!(
             e.contains(
                 "t.yaml:4: listeners[0].transparent.sniff_timeout_ms: must be between 1 and 60000"
+            ),
+            "{e}"
+        );
+        let settings_only = TP.replace("    mode: transparent_outbound\n", "");
+        let e = crate::config::parse("t.yaml", &settings_only)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "t.yaml:4: listeners[0].transparent: set, but the listener's mode is `explicit`"
             ),
             "{e}"
         );
