@@ -419,6 +419,31 @@ def test_a_direct_connection_to_the_transparent_port_is_refused_politely(pod):
                  "http://127.0.0.1:15001/__mock/health")
     assert r.stdout.endswith("\n421"), r.stdout
     assert "no_original_destination" in r.stdout
+    # Not HTTP either: closed, counted.
+    client = textwrap.dedent(f"""
+        import socket
+        c = socket.create_connection(("127.0.0.1", 15001), 5)
+        c.sendall(bytes([0, 1, 2, 3]))
+        c.settimeout(5)
+        try:
+            print(len(c.recv(10)))
+        except ConnectionResetError:
+            print("reset")
+        # A destination that refuses: the client sees its connection reset.
+        c = socket.create_connection(("{pod.model_ip}", 7999), 5)
+        c.sendall(b"hello")
+        c.settimeout(5)
+        try:
+            print(len(c.recv(10)))
+        except ConnectionResetError:
+            print("reset")
+    """)
+    r = pod.exec(pod.app, "python3", "-c", client, check=False)
+    assert r.stdout.split() == ["reset", "reset"], r.stdout + r.stderr
+    assert pod.wait_metric("sluice_transparent_errors_total", 1, listener="outbound",
+                           code="no_original_destination") == 1
+    assert pod.wait_metric("sluice_transparent_errors_total", 1, listener="outbound",
+                           code="connect_failed") == 1
 
 
 def test_iptables_is_idempotent_and_cleans_up(net):
