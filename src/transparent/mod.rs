@@ -597,6 +597,27 @@ pub async fn serve(
     w.transparent.count(&listener, sniffed.protocol);
     match sniffed.protocol {
         Protocol::Http => {
+            let mut sniffed = sniffed;
+            let limits = l.limits;
+            if first_request_upgrades(&stream, &mut sniffed, &limits, deadline).await {
+                // WebSocket or h2c: the exchange does not switch protocols; the bytes go to
+                // the original destination untouched, like any other pass-through.
+                let target = dst.map(|d| d.target);
+                drop(snap);
+                pass_through(
+                    &w,
+                    &listener,
+                    peer,
+                    Protocol::Http,
+                    stream,
+                    sniffed,
+                    target,
+                    &t,
+                )
+                .await;
+                drop(guard);
+                return;
+            }
             drop(snap);
             crate::proxy::exchange::serve_connection_with(
                 w,
@@ -652,6 +673,29 @@ pub async fn serve(
             )
             .await;
             drop(guard);
+        }
+    }
+}
+
+/// Read until the first request head is complete (bounded by the head limits and the sniff
+/// deadline) and tell whether it asks for a protocol upgrade. A head that is not complete in
+/// time, or malformed, is left to the exchange (which answers 408/400 as usual).
+async fn first_request_upgrades(
+    stream: &TcpStream,
+    sniffed: &mut sniff::Sniffed,
+    limits: &crate::http1::HeadLimits,
+    deadline: monoio::time::Instant,
+) -> bool {
+    loop {
+        match crate::http1::parse_request(&sniffed.prefix, limits) {
+            Ok(Some((head, _))) => return sniff::wants_upgrade(&head),
+            Ok(None) if !sniffed.client_eof && sniffed.prefix.len() < limits.header_bytes_max => {}
+            _ => return false,
+        }
+        match sniff::fill(stream, &mut sniffed.prefix, deadline).await {
+            Ok(sniff::Fill::Data) => {}
+            Ok(sniff::Fill::Eof) => sniffed.client_eof = true,
+            Ok(sniff::Fill::Timeout) | Err(_) => return false,
         }
     }
 }

@@ -166,22 +166,55 @@ pub async fn sniff(
                 timed_out,
             }));
         }
+        match fill(stream, &mut buf, deadline).await? {
+            Fill::Data => {}
+            Fill::Eof => eof = true,
+            Fill::Timeout => timed_out = true,
+        }
+    }
+}
+
+/// What [`fill`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// More bytes were appended.
+    Data,
+    /// The client half-closed.
+    Eof,
+    /// The deadline passed; nothing was lost.
+    Timeout,
+}
+
+/// Wait (at most until `deadline`) for more bytes and append them to `buf`. Cancel-safe in
+/// the same way as [`sniff`].
+pub async fn fill(
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: monoio::time::Instant,
+) -> io::Result<Fill> {
+    loop {
         match monoio::time::timeout_at(deadline, stream.readable(false)).await {
-            Err(_) => {
-                timed_out = true;
-                continue;
-            }
+            Err(_) => return Ok(Fill::Timeout),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(())) => {}
         }
-        match recv_nonblocking(stream, &mut buf) {
-            Ok(0) => eof = true,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        match recv_nonblocking(stream, buf) {
+            Ok(0) => return Ok(Fill::Eof),
+            Ok(_) => return Ok(Fill::Data),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether an HTTP/1.x request head asks to switch protocols (`Upgrade`: WebSocket, h2c).
+/// The exchange does not switch protocols, so such a connection is passed through whole.
+pub fn wants_upgrade(head: &crate::http1::RequestHead) -> bool {
+    head.header("upgrade").is_some()
 }
 
 /// One non-blocking `recv` into the spare capacity of `buf` (doubled when full; the caller

@@ -254,6 +254,35 @@ while True:
 """
 
 
+# Answers an HTTP/1.1 Upgrade with 101, then echoes raw bytes (a WebSocket server's shape).
+UPGRADE_SERVER = """
+import socket, sys, threading
+def serve(c):
+    with c:
+        head = b""
+        while b"\\r\\n\\r\\n" not in head:
+            b = c.recv(4096)
+            if not b:
+                return
+            head += b
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\n"
+                  b"Connection: Upgrade\\r\\n\\r\\n")
+        rest = head.split(b"\\r\\n\\r\\n", 1)[1]
+        if rest:
+            c.sendall(rest)
+        while True:
+            b = c.recv(65536)
+            if not b:
+                return
+            c.sendall(b)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(16)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
 @pytest.fixture
 def net():
     n = Net()
@@ -372,6 +401,33 @@ def test_binary_tcp_passes_through_byte_for_byte(pod):
                       protocol="tcp", direction="out") >= n
     assert pod.metric("sluice_transparent_connections_total", listener="outbound",
                       protocol="tcp") == 2
+
+
+def test_http_upgrade_is_passed_through(pod):
+    pod.start_script(pod.model, UPGRADE_SERVER, 8081, pod.model_ip)
+    client = textwrap.dedent(f"""
+        import socket
+        c = socket.create_connection(("{pod.model_ip}", 8081), 5)
+        c.settimeout(5)
+        c.sendall(b"GET /ws HTTP/1.1\\r\\nHost: model.test:8081\\r\\nUpgrade: websocket\\r\\n"
+                  b"Connection: Upgrade\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n")
+        head = b""
+        while b"\\r\\n\\r\\n" not in head:
+            head += c.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        frame = bytes([0x82, 0x7e, 0x01, 0x00]) + bytes(range(256))
+        c.sendall(frame)
+        got = b""
+        while len(got) < len(frame):
+            got += c.recv(65536)
+        assert got == frame
+        print("ok")
+    """)
+    r = pod.exec(pod.app, "python3", "-c", client, check=False)
+    assert r.stdout.strip() == "ok", r.stdout + r.stderr
+    assert pod.wait_metric("sluice_transparent_passthrough_bytes_total", 260, listener="outbound",
+                           protocol="http", direction="out") >= 260
+    assert pod.metric("sluice_requests_total", listener="outbound") == 0
 
 
 def test_tls_passes_through_untouched_and_the_sni_is_recorded(pod):
