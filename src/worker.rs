@@ -402,9 +402,13 @@ async fn tick_loop(w: Rc<Worker>) {
         }
         if last_evict.elapsed() >= Duration::from_millis(POOL_EVICT_INTERVAL_MS) {
             last_evict = Instant::now();
-            let mut live = snap.upstreams.clone();
-            live.extend(w.transparent.live_upstreams());
-            w.pools.borrow_mut().evict(&live);
+            if w.transparent.has_upstreams() {
+                let mut live = snap.upstreams.clone();
+                live.extend(w.transparent.live_upstreams());
+                w.pools.borrow_mut().evict(&live);
+            } else {
+                w.pools.borrow_mut().evict(&snap.upstreams);
+            }
         }
         if let Some(deadline) = drain_deadline {
             let active = w.active_total();

@@ -508,6 +508,11 @@ impl PerCore {
         up
     }
 
+    /// Whether any original-destination upstream exists on this worker.
+    pub fn has_upstreams(&self) -> bool {
+        !self.upstreams.borrow().is_empty()
+    }
+
     /// Upstreams made for original destinations, for the pool eviction's list of live ones.
     pub fn live_upstreams(&self) -> impl Iterator<Item = Arc<UpstreamRt>> {
         let v: Vec<Arc<UpstreamRt>> = self
