@@ -2,7 +2,9 @@
 //! init container with `NET_ADMIN` (the way `istio-iptables` does it for Envoy).
 //!
 //! Owns: generating the rules from [`Options`] ([`install_commands`], [`cleanup_commands`];
-//! pure, golden-tested) and running them ([`run`]: shells out to `iptables` / `ip6tables`).
+//! pure, golden-tested), running them ([`run`]: shells out to `iptables` / `ip6tables`), and
+//! the subcommand's flags ([`Args`], [`main`]; here rather than in `main.rs` so the binary's
+//! entry point stays a dispatcher).
 //!
 //! The rules, in the `nat` table (see `docs/transparent.md` for the walk-through):
 //! * `SLUICE_REDIRECT`: `REDIRECT --to-ports <outbound_port>` (15001);
@@ -537,6 +539,107 @@ pub fn run(
         o.proxy_uid
     );
     Ok(())
+}
+
+/// `sluice iptables` flags (names and short flags as `istio-iptables`).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// UID of the sluice process: its own connections are never redirected.
+    #[arg(long, short = 'u', default_value_t = PROXY_UID_DEFAULT)]
+    proxy_uid: u32,
+    /// GID of the sluice process: its own connections are never redirected.
+    #[arg(long, short = 'g', default_value_t = PROXY_UID_DEFAULT)]
+    proxy_gid: u32,
+    /// Port of the transparent outbound listener.
+    #[arg(long, short = 'p', default_value_t = OUTBOUND_PORT_DEFAULT)]
+    outbound_port: u16,
+    /// Port of the transparent inbound listener.
+    #[arg(long, short = 'z', default_value_t = INBOUND_PORT_DEFAULT)]
+    inbound_port: u16,
+    /// Outbound destinations to redirect: `*` or comma-separated CIDRs.
+    #[arg(long, short = 'i', default_value = "*")]
+    include_outbound_cidrs: String,
+    /// Outbound destinations never redirected (comma-separated CIDRs).
+    #[arg(long, short = 'x', default_value = "")]
+    exclude_outbound_cidrs: String,
+    /// Outbound ports always redirected (comma-separated).
+    #[arg(long, short = 'q', default_value = "")]
+    include_outbound_ports: String,
+    /// Outbound ports never redirected (comma-separated), e.g. server-first protocols.
+    #[arg(long, short = 'o', default_value = "")]
+    exclude_outbound_ports: String,
+    /// Inbound ports to redirect: `*`, comma-separated ports, or empty (no inbound rules).
+    #[arg(long, short = 'b', default_value = "*")]
+    include_inbound_ports: String,
+    /// Inbound ports never redirected (15000, 15021 and 15090 never are).
+    #[arg(long, short = 'd', default_value = "")]
+    exclude_inbound_ports: String,
+    /// Also program ip6tables.
+    #[arg(long)]
+    ipv6: bool,
+    /// Print the commands instead of running them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove the rules instead of installing them.
+    #[arg(long)]
+    cleanup: bool,
+    /// The iptables binary (e.g. iptables-legacy).
+    #[arg(long, default_value = "iptables")]
+    iptables: String,
+    /// The ip6tables binary.
+    #[arg(long, default_value = "ip6tables")]
+    ip6tables: String,
+}
+
+/// Run `sluice iptables`: exit status 0 done, 1 an iptables command failed, 2 a bad option.
+pub fn main(a: Args) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let list = |s: Set<u16>| match s {
+        Set::All => Vec::new(),
+        Set::List(v) => v,
+    };
+    let parsed = (|| {
+        let exclude_outbound_cidrs = match parse_cidrs(&a.exclude_outbound_cidrs)? {
+            Set::All => {
+                return Err(IptablesError::BadOption(
+                    "--exclude-outbound-cidrs takes CIDRs, not `*`".into(),
+                ))
+            }
+            Set::List(v) => v,
+        };
+        Ok(Options {
+            proxy_uid: a.proxy_uid,
+            proxy_gid: a.proxy_gid,
+            outbound_port: a.outbound_port,
+            inbound_port: a.inbound_port,
+            include_outbound_cidrs: parse_cidrs(&a.include_outbound_cidrs)?,
+            exclude_outbound_cidrs,
+            include_outbound_ports: list(parse_ports(&a.include_outbound_ports)?),
+            exclude_outbound_ports: list(parse_ports(&a.exclude_outbound_ports)?),
+            include_inbound_ports: parse_ports(&a.include_inbound_ports)?,
+            exclude_inbound_ports: list(parse_ports(&a.exclude_inbound_ports)?),
+            ipv6: a.ipv6,
+        })
+    })();
+    let opts = match parsed {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("sluice iptables: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let bins = Binaries {
+        iptables: a.iptables,
+        ip6tables: a.ip6tables,
+    };
+    let mut out = std::io::stdout();
+    match run(&opts, &bins, a.dry_run, a.cleanup, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice iptables: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[cfg(test)]
