@@ -71,6 +71,9 @@ pub struct ListenerRt {
     pub header_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub routes: Vec<RouteRt>,
+    /// Explicit or transparent (see `crate::transparent`).
+    pub mode: crate::transparent::ListenerMode,
+    pub transparent: crate::transparent::TransparentConfig,
 }
 
 pub struct RouteRt {
@@ -81,12 +84,18 @@ pub struct RouteRt {
     pub method: Option<String>,
     /// (lower-case name, value)
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Index into `Snapshot::upstreams`, or `transparent::ORIGINAL_DST_IDX`.
     pub upstream: usize,
     pub first_byte_timeout_ms: u64,
     pub body_idle_timeout_ms: u64,
     pub total_timeout_ms: u64,
     /// The route's filters; `None` = plain proxying, nothing read or inspected.
     pub chain: Option<Arc<crate::filter::Chain>>,
+    /// Transparent listeners: conditions on the original destination.
+    pub destination: Option<crate::transparent::Cidr>,
+    pub destination_port: Option<u16>,
+    /// Transparent listeners: a TLS pass-through route for this server name pattern.
+    pub sni: Option<String>,
 }
 
 pub struct UpstreamRt {
@@ -248,12 +257,15 @@ fn build_listener(
         .value
         .parse()
         .map_err(|_| format!("listener {}: bad bind", l.name.value))?;
-    let routes = l
+    let mut routes = l
         .routes
         .iter()
         .enumerate()
         .map(|(i, r)| build_route(&l.name.value, i, r, index, engine))
         .collect::<Result<Vec<_>, _>>()?;
+    if l.mode.is_transparent() {
+        routes.push(crate::transparent::passthrough_route(&l.name.value));
+    }
     Ok(ListenerRt {
         name: Arc::from(l.name.value.as_str()),
         addr,
@@ -264,6 +276,8 @@ fn build_listener(
         header_timeout_ms: l.header_timeout_ms,
         idle_timeout_ms: l.idle_timeout_ms,
         routes,
+        mode: l.mode,
+        transparent: l.transparent.clone(),
     })
 }
 
@@ -328,9 +342,15 @@ fn build_route(
             fails_closed,
         })
     });
-    let upstream = *index
-        .get(&r.upstream.value)
-        .ok_or_else(|| format!("route {i}: unknown upstream {}", r.upstream.value))?;
+    let upstream = if r.upstream.value == crate::transparent::ORIGINAL_DESTINATION {
+        crate::transparent::ORIGINAL_DST_IDX
+    } else {
+        *index
+            .get(&r.upstream.value)
+            .ok_or_else(|| format!("route {i}: unknown upstream {}", r.upstream.value))?
+    };
+    let (destination, destination_port, sni) = crate::transparent::compile_route_match(&r.matcher)
+        .map_err(|e| format!("route {i}: {e}"))?;
     let name = r.name.clone().unwrap_or_else(|| format!("{listener}-{i}"));
     Ok(RouteRt {
         name: Arc::from(name.as_str()),
@@ -349,6 +369,9 @@ fn build_route(
         body_idle_timeout_ms: r.timeouts.idle_ms,
         total_timeout_ms: r.timeouts.total_ms,
         chain,
+        destination,
+        destination_port,
+        sni,
     })
 }
 

@@ -44,6 +44,8 @@ pub enum ProxyError {
     UpstreamAborted(Arc<str>, String),
     #[error("exchange exceeded its total timeout of {0} ms")]
     TotalTimeout(u64),
+    #[error("the connection was not redirected to this transparent listener: no original destination to forward to")]
+    NoOriginalDestination,
 }
 
 impl Classify for ProxyError {
@@ -54,7 +56,8 @@ impl Classify for ProxyError {
             | NoRoute { .. }
             | HeaderTimeout(_)
             | ClientBodyTimeout(_)
-            | ClientClosed => Side::Downstream,
+            | ClientClosed
+            | NoOriginalDestination => Side::Downstream,
             NoEndpoint(_)
             | ConnectTimeout(..)
             | ConnectFailed(..)
@@ -74,6 +77,8 @@ impl Classify for ProxyError {
         match self {
             BadRequest(e) => e.status(),
             NoRoute { .. } => 404,
+            // The client addressed the transparent port itself.
+            NoOriginalDestination => 421,
             HeaderTimeout(_) | ClientBodyTimeout(_) => 408,
             // Nobody to answer; 499 is what access logs conventionally show.
             ClientClosed => 499,
@@ -92,6 +97,7 @@ impl Classify for ProxyError {
         match self {
             BadRequest(e) => e.code(),
             NoRoute { .. } => "no_route",
+            NoOriginalDestination => "no_original_destination",
             HeaderTimeout(_) => "header_timeout",
             ClientBodyTimeout(_) => "client_body_timeout",
             ClientClosed => "client_closed",
