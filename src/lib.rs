@@ -10,6 +10,7 @@
 //! * [`inspect`]: SSE/NDJSON splitting and provider dialects (usage, model, stream flag).
 //! * [`pii`]: PII detection and redaction engine, shared read-only by all cores.
 //! * [`telemetry`]: per-request records batched off the hot path into metrics and access logs.
+//! * [`tls`]: TLS termination, mTLS/SPIFFE identities, rotation, interception, `sluice ca`.
 //! * [`admin`]: readiness, metrics, running config.
 //! * [`error`]: the error vocabulary shared by every boundary.
 
@@ -25,4 +26,5 @@ pub mod proxy;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;

@@ -71,6 +71,8 @@ pub struct ListenerRt {
     pub header_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub routes: Vec<RouteRt>,
+    /// TLS termination or interception; `None` = plain TCP.
+    pub tls: Option<Arc<crate::tls::server::ServerTls>>,
 }
 
 pub struct RouteRt {
@@ -87,6 +89,8 @@ pub struct RouteRt {
     pub total_timeout_ms: u64,
     /// The route's filters; `None` = plain proxying, nothing read or inspected.
     pub chain: Option<Arc<crate::filter::Chain>>,
+    /// mTLS authorization: identities that may call; `None` = anyone.
+    pub allow_identities: Option<Vec<crate::tls::spiffe::IdentityPattern>>,
 }
 
 pub struct UpstreamRt {
@@ -264,6 +268,10 @@ fn build_listener(
         header_timeout_ms: l.header_timeout_ms,
         idle_timeout_ms: l.idle_timeout_ms,
         routes,
+        tls: match &l.tls {
+            Some(t) => Some(crate::tls::server::ServerTls::build(&l.name.value, t)?),
+            None => None,
+        },
     })
 }
 
@@ -349,6 +357,16 @@ fn build_route(
         body_idle_timeout_ms: r.timeouts.idle_ms,
         total_timeout_ms: r.timeouts.total_ms,
         chain,
+        allow_identities: match &r.allow_identities {
+            Some(a) => Some(
+                a.value
+                    .iter()
+                    .map(|p| crate::tls::spiffe::IdentityPattern::parse(p))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("route {i}: allow_identities: {e}"))?,
+            ),
+            None => None,
+        },
     })
 }
 
@@ -461,13 +479,11 @@ pub fn build_client_tls(
             ));
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("upstream {name}: tls: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let client_cert = match (&u.tls.client_cert_file, &u.tls.client_key_file) {
+        (Some(c), Some(k)) => Some((c.value.as_str(), k.value.as_str())),
+        _ => None,
+    };
+    let cfg = crate::tls::client::client_config(name, roots, client_cert, &u.tls.peer_identities)?;
     Ok(monoio_rustls::TlsConnector::from(Arc::new(cfg)))
 }
 

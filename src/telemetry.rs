@@ -277,6 +277,7 @@ fn run(
         if last_upkeep.elapsed() >= std::time::Duration::from_millis(UPKEEP_INTERVAL_MS) {
             last_upkeep = std::time::Instant::now();
             prometheus.run_upkeep();
+            crate::tls::stats::publish();
         }
         let Some(msg) = msg else { continue };
         match msg {

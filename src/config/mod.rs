@@ -224,6 +224,8 @@ pub enum CallerSource {
     SourceAddress,
     /// `caller.static_name`: the pod's own service, for an outbound sidecar.
     Static,
+    /// The SPIFFE ID of the client certificate verified on an mTLS listener.
+    PeerIdentity,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -448,6 +450,9 @@ pub struct ListenerConfig {
     pub idle_timeout_ms: u64,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// TLS termination (or interception) on this listener; plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsServerConfig>,
 }
 
 fn header_bytes_max_default() -> usize {
@@ -480,6 +485,10 @@ pub struct RouteConfig {
     /// PII enforcement with the top-level `pii` engine. Off when absent.
     #[serde(default)]
     pub pii: Option<PiiRouteConfig>,
+    /// mTLS authorization: SPIFFE IDs (exact, or a prefix ending in `*`) that may call this
+    /// route. Others get 403. Needs a listener with `tls.client_ca_file`.
+    #[serde(default)]
+    pub allow_identities: Option<Loc<Vec<String>>>,
 }
 
 /// All given conditions must hold. An empty match matches every request.
@@ -591,6 +600,16 @@ pub struct TlsClientConfig {
     /// Trust the system roots (and the bundled webpki roots when the system has none).
     #[serde(default = "yes")]
     pub system_roots: bool,
+    /// mTLS: the certificate (PEM chain) this sidecar presents to the upstream. Re-read when
+    /// it changes.
+    #[serde(default)]
+    pub client_cert_file: Option<Loc<String>>,
+    #[serde(default)]
+    pub client_key_file: Option<Loc<String>>,
+    /// Verify the upstream by SPIFFE ID (exact, or a prefix ending in `*`) instead of by host
+    /// name; the chain is still verified against the trusted roots.
+    #[serde(default)]
+    pub peer_identities: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -604,6 +623,9 @@ impl Default for TlsClientConfig {
             sni: None,
             ca_file: None,
             system_roots: true,
+            client_cert_file: None,
+            client_key_file: None,
+            peer_identities: Vec::new(),
         }
     }
 }
@@ -756,8 +778,40 @@ impl Validator<'_> {
             if l.idle_timeout_ms == 0 {
                 self.err(l.bind.line, format!("{f}.idle_timeout_ms"), "must be > 0");
             }
+            if let Some(t) = &l.tls {
+                for (line, field, problem) in t.validate(l.bind.line) {
+                    let field = if field.is_empty() {
+                        format!("{f}.tls")
+                    } else {
+                        format!("{f}.tls.{field}")
+                    };
+                    self.err(line, field, problem);
+                }
+            }
+            let verifies_clients = l.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
             for (j, r) in l.routes.iter().enumerate() {
                 let rf = format!("{f}.routes[{j}]");
+                if let Some(a) = &r.allow_identities {
+                    if !verifies_clients {
+                        self.err(
+                            a.line,
+                            format!("{rf}.allow_identities"),
+                            "needs a listener with tls.client_ca_file (no caller would have an identity)",
+                        );
+                    }
+                    if a.value.is_empty() {
+                        self.err(
+                            a.line,
+                            format!("{rf}.allow_identities"),
+                            "empty list: nobody could call this route",
+                        );
+                    }
+                    for (k, id) in a.value.iter().enumerate() {
+                        if let Err(e) = crate::tls::spiffe::IdentityPattern::parse(id) {
+                            self.err(a.line, format!("{rf}.allow_identities[{k}]"), e);
+                        }
+                    }
+                }
                 if !c.upstreams.contains_key(&r.upstream.value) {
                     self.err(
                         r.upstream.line,
@@ -925,6 +979,55 @@ impl Validator<'_> {
                         format!("{f}.tls.ca_file"),
                         format!("`{}`: {e}", ca.value),
                     );
+                }
+            }
+            for (a, b, an, bn) in [
+                (
+                    &u.tls.client_cert_file,
+                    &u.tls.client_key_file,
+                    "client_cert_file",
+                    "client_key_file",
+                ),
+                (
+                    &u.tls.client_key_file,
+                    &u.tls.client_cert_file,
+                    "client_key_file",
+                    "client_cert_file",
+                ),
+            ] {
+                if let Some(x) = a {
+                    if !u.tls.enabled {
+                        self.err(
+                            x.line,
+                            format!("{f}.tls.{an}"),
+                            "set, but tls.enabled is false",
+                        );
+                    } else if b.is_none() {
+                        self.err(
+                            x.line,
+                            format!("{f}.tls.{bn}"),
+                            format!("required with {an}"),
+                        );
+                    } else if let Err(e) = std::fs::metadata(&x.value) {
+                        self.err(
+                            x.line,
+                            format!("{f}.tls.{an}"),
+                            format!("`{}`: {e}", x.value),
+                        );
+                    }
+                }
+            }
+            for (k, id) in u.tls.peer_identities.iter().enumerate() {
+                if !u.tls.enabled {
+                    self.err(
+                        u.endpoints.line,
+                        format!("{f}.tls.peer_identities"),
+                        "set, but tls.enabled is false",
+                    );
+                    break;
+                }
+                if let Err(e) = crate::tls::spiffe::IdentityPattern::parse(id) {
+                    self.err(u.endpoints.line, format!("{f}.tls.peer_identities[{k}]"), e);
                 }
             }
             if u.tls.enabled && !u.tls.system_roots && u.tls.ca_file.is_none() {

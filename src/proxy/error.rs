@@ -44,6 +44,8 @@ pub enum ProxyError {
     UpstreamAborted(Arc<str>, String),
     #[error("exchange exceeded its total timeout of {0} ms")]
     TotalTimeout(u64),
+    #[error("caller identity {0} may not call route `{1}`")]
+    IdentityNotAllowed(Arc<str>, Arc<str>),
 }
 
 impl Classify for ProxyError {
@@ -54,7 +56,8 @@ impl Classify for ProxyError {
             | NoRoute { .. }
             | HeaderTimeout(_)
             | ClientBodyTimeout(_)
-            | ClientClosed => Side::Downstream,
+            | ClientClosed
+            | IdentityNotAllowed(..) => Side::Downstream,
             NoEndpoint(_)
             | ConnectTimeout(..)
             | ConnectFailed(..)
@@ -74,6 +77,7 @@ impl Classify for ProxyError {
         match self {
             BadRequest(e) => e.status(),
             NoRoute { .. } => 404,
+            IdentityNotAllowed(..) => 403,
             HeaderTimeout(_) | ClientBodyTimeout(_) => 408,
             // Nobody to answer; 499 is what access logs conventionally show.
             ClientClosed => 499,
@@ -92,6 +96,7 @@ impl Classify for ProxyError {
         match self {
             BadRequest(e) => e.code(),
             NoRoute { .. } => "no_route",
+            IdentityNotAllowed(..) => "identity_not_allowed",
             HeaderTimeout(_) => "header_timeout",
             ClientBodyTimeout(_) => "client_body_timeout",
             ClientClosed => "client_closed",

@@ -76,9 +76,22 @@ pub async fn serve_connection(
     listener: Arc<str>,
     stream: TcpStream,
     peer: SocketAddr,
+    guard: ConnGuard,
+) {
+    serve_io(w, listener, Io::Tcp(stream), peer, None, guard).await
+}
+
+/// Serve one client connection of any kind (plain, or TLS after `crate::tls::server`'s
+/// handshake, with the SPIFFE ID of a verified client certificate).
+pub async fn serve_io(
+    w: Rc<Worker>,
+    listener: Arc<str>,
+    client: Io,
+    peer: SocketAddr,
+    peer_identity: Option<Arc<str>>,
     _guard: ConnGuard,
 ) {
-    let mut client = Io::Tcp(stream);
+    let mut client = client;
     let mut rbuf: Vec<u8> = Vec::with_capacity(CLIENT_READ_BYTES_INITIAL);
     let mut wbuf: Vec<u8> = Vec::with_capacity(1024);
     loop {
@@ -112,6 +125,7 @@ pub async fn serve_connection(
             lidx,
             l,
             peer,
+            peer_identity: peer_identity.as_ref(),
             started: Instant::now(),
         };
         let (keep, local_reply);
@@ -187,6 +201,8 @@ struct Exchange<'a> {
     lidx: usize,
     l: &'a ListenerRt,
     peer: SocketAddr,
+    /// SPIFFE ID of the verified client certificate (mTLS listeners).
+    peer_identity: Option<&'a Arc<str>>,
     started: Instant,
 }
 
@@ -226,13 +242,36 @@ impl<'a> Exchange<'a> {
                     .unwrap_or(0),
             })
         });
-        let (ridx, route) = match route {
-            Some(r) => r,
-            None => {
-                let e = ProxyError::NoRoute {
+        let routed = match route {
+            None => Err((
+                NONE_IDX,
+                NONE_IDX,
+                ProxyError::NoRoute {
                     method: head.method_str().to_string(),
                     path: head.path().chars().take(256).collect(),
-                };
+                },
+            )),
+            Some((ridx, r)) => match &r.allow_identities {
+                Some(allow)
+                    if !crate::tls::spiffe::allowed(allow, self.peer_identity.map(|s| &**s)) =>
+                {
+                    let who: Arc<str> = self
+                        .peer_identity
+                        .cloned()
+                        .unwrap_or_else(|| Arc::from("(none)"));
+                    Err((
+                        ridx as u16,
+                        r.upstream as u16,
+                        ProxyError::IdentityNotAllowed(who, r.name.clone()),
+                    ))
+                }
+                _ => Ok((ridx, r)),
+            },
+        };
+        let (ridx, route) = match routed {
+            Ok(r) => r,
+            Err((ridx, uidx, e)) => {
+                let status = e.status();
                 // The unread body (if any) would be taken for the next request: close.
                 let keep = matches!(head.body_kind(), BodyKind::Empty)
                     && head.keep_alive()
@@ -243,10 +282,10 @@ impl<'a> Exchange<'a> {
                 let (res, wbuf) = client.write_all(wbuf).await;
                 log_error(&e, &self.l.name, self.peer);
                 self.record(
-                    NONE_IDX,
-                    NONE_IDX,
+                    ridx,
+                    uidx,
                     Done {
-                        status: 404,
+                        status,
                         outcome: Outcome::LocalReply,
                         error: Some(e),
                         bytes_in: 0,
@@ -267,6 +306,7 @@ impl<'a> Exchange<'a> {
                 &self.snap.config.caller,
                 &head,
                 self.peer,
+                self.peer_identity,
             ));
             if self.snap.config.otel.enabled {
                 c.trace = Some(filter::TraceCtx::from_request(&head));
