@@ -26,6 +26,11 @@ if ! "$PY" -c 'import openai, pytest, opentelemetry.proto' 2>/dev/null; then
   step "pip install openai pytest opentelemetry-proto"
   "$PY" -m pip install -q --disable-pip-version-check openai pytest opentelemetry-proto
 fi
+# test_tls.py reads certificates (serials, SANs, validity) with `cryptography`.
+if ! "$PY" -c 'import cryptography' 2>/dev/null; then
+  step "pip install cryptography"
+  "$PY" -m pip install -q --disable-pip-version-check cryptography
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

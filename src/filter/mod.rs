@@ -656,7 +656,10 @@ mod tests {
         assert_eq!(
             &*caller_of(
                 &cfg(vec![CallerSource::Header, CallerSource::Static]),
-                &none, peer, None),
+                &none,
+                peer,
+                None
+            ),
             "billing"
         );
         assert_eq!(
