@@ -167,7 +167,7 @@ mod tests {
         assert!(IdentityPattern::parse("spiffe://*").is_err());
         assert!(IdentityPattern::parse("spiffe://td/*/x*").is_err());
         assert!(IdentityPattern::parse("td/ns/a").is_err());
-        assert!(!allowed(&[p.clone()], None));
+        assert!(!allowed(std::slice::from_ref(&p), None));
         assert!(allowed(&[e, p], Some("spiffe://td/ns/a/sa/y")));
     }
 
