@@ -248,3 +248,59 @@ impl Classify for TlsError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    const BASE: &str = r#"
+listeners:
+  - name: in
+    bind: 127.0.0.1:15006
+    tls:
+      cert_file: /nonexistent/cert.pem
+      key_file: /nonexistent/key.pem
+      alpn: [h2]
+      require_client_cert: false
+    routes:
+      - upstream: u
+        allow_identities: ["spiffe://td/ns/a/*", "spiffe://td/ns/b/sa/c", "nope"]
+upstreams:
+  u:
+    endpoints: ["127.0.0.1:1"]
+    tls:
+      enabled: true
+      client_key_file: /nonexistent/k.pem
+      peer_identities: ["spiffe://Bad/x"]
+"#;
+
+    #[test]
+    fn config_errors_have_file_line_and_field() {
+        let e = crate::config::parse("t.yaml", BASE).unwrap_err();
+        let s = e.to_string();
+        for want in [
+            "t.yaml:6: listeners[0].tls.cert_file: `/nonexistent/cert.pem`",
+            "t.yaml:7: listeners[0].tls.key_file: `/nonexistent/key.pem`",
+            "t.yaml:4: listeners[0].tls.require_client_cert: needs client_ca_file",
+            "t.yaml:4: listeners[0].tls.alpn: sluice speaks HTTP/1.x only",
+            "t.yaml:12: listeners[0].routes[0].allow_identities: needs a listener with tls.client_ca_file",
+            "t.yaml:12: listeners[0].routes[0].allow_identities[2]: `nope` does not start with spiffe://",
+            "t.yaml:18: upstreams.u.tls.client_cert_file: required with client_key_file",
+            "upstreams.u.tls.peer_identities[0]: `spiffe://Bad/x`: the trust domain",
+        ] {
+            assert!(s.contains(want), "missing {want:?} in\n{s}");
+        }
+        assert!(
+            !s.contains("allow_identities[0]") && !s.contains("allow_identities[1]"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn tls_fields_are_strict() {
+        let bad = BASE.replace("alpn: [h2]", "alpn: [h2]\n      certfile: x");
+        let e = crate::config::parse("t.yaml", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.yaml:9: listeners[0].tls"), "{e}");
+        assert!(e.contains("certfile"), "{e}");
+    }
+}

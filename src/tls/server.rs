@@ -309,3 +309,132 @@ pub async fn serve_tls(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Loc;
+    use std::io::{Read, Write};
+
+    fn intercept_config(dir: &std::path::Path) -> TlsServerConfig {
+        super::super::ca::cmd_init(dir, "intercept.test", 1).unwrap();
+        let f = |n: &str| Some(Loc::new(dir.join(n).display().to_string()));
+        TlsServerConfig {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            require_client_cert: None,
+            alpn: vec!["http/1.1".into()],
+            intercept_ca_cert_file: f("ca.pem"),
+            intercept_ca_key_file: f("ca-key.pem"),
+            handshake_timeout_ms: 5_000,
+        }
+    }
+
+    /// A sniffer read the first bytes of the ClientHello; `accept_intercepted` replays them,
+    /// completes the handshake with a leaf minted for the SNI, and the HTTP bytes that follow
+    /// arrive intact through the returned `Io`.
+    #[test]
+    fn intercepted_handshake_replays_sniffed_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let tls = ServerTls::build("t", &intercept_config(d.path())).unwrap();
+        let ca_der = tls_ca_der(d.path());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca_der).unwrap();
+            let cfg = rustls::ClientConfig::builder_with_provider(super::super::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from("api.example.test").unwrap();
+            let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+            let sock = std::net::TcpStream::connect(addr).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, sock);
+            s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
+                .unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let (sni, got) = rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let l = monoio::net::TcpListener::from_std(listener).unwrap();
+            let (tcp, _) = l.accept().await.unwrap();
+            // Sniff: read a few bytes of the ClientHello, as protocol detection would.
+            let mut tcp = tcp;
+            let (r, prefix) = tcp.read(Vec::with_capacity(7)).await;
+            assert_eq!(r.unwrap(), prefix.len());
+            assert_eq!(prefix[0], 0x16, "a TLS handshake record");
+            let a = accept_intercepted(tcp, prefix, &tls).await.unwrap();
+            let mut io = a.io;
+            let mut buf = Vec::new();
+            while !buf.ends_with(b"\r\n\r\n") {
+                let (r, b) = io.read_append(buf).await;
+                buf = b;
+                assert!(r.unwrap() > 0);
+            }
+            let (r, _) = io
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec(),
+                )
+                .await;
+            r.unwrap();
+            io.shutdown().await;
+            (a.sni, String::from_utf8(buf).unwrap())
+        });
+        assert_eq!(sni.as_deref(), Some("api.example.test"));
+        assert!(got.starts_with("GET /v1/models HTTP/1.1\r\n"), "{got}");
+        let answer = client.join().unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("ok"),
+            "{answer}"
+        );
+    }
+
+    fn tls_ca_der(dir: &std::path::Path) -> rustls::pki_types::CertificateDer<'static> {
+        super::super::load_certs(&dir.join("ca.pem").display().to_string())
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn termination_config_errors_name_the_files() {
+        let d = tempfile::tempdir().unwrap();
+        super::super::ca::cmd_init(&d.path().join("a"), "td", 1).unwrap();
+        super::super::ca::cmd_issue(
+            &d.path().join("a"),
+            "spiffe://td/ns/x/sa/y",
+            &["localhost".into()],
+            &d.path().join("w"),
+            1,
+        )
+        .unwrap();
+        super::super::ca::cmd_init(&d.path().join("b"), "td", 1).unwrap();
+        let p = |s: &str| Some(Loc::new(d.path().join(s).display().to_string()));
+        let mut c = intercept_config(&d.path().join("i"));
+        c.intercept_ca_cert_file = None;
+        c.intercept_ca_key_file = None;
+        c.cert_file = p("w/cert.pem");
+        c.key_file = p("b/ca-key.pem");
+        let e = build_server_config(&c).unwrap_err();
+        assert!(
+            e.contains("w/cert.pem") && e.contains("b/ca-key.pem"),
+            "{e}"
+        );
+        c.key_file = p("w/key.pem");
+        build_server_config(&c).unwrap();
+        c.client_ca_file = p("w/key.pem");
+        let e = build_server_config(&c).unwrap_err();
+        assert!(
+            e.contains("client_ca_file") && e.contains("no certificates"),
+            "{e}"
+        );
+    }
+}
