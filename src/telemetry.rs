@@ -92,6 +92,8 @@ pub struct AccessFields {
     pub request_id: String,
     pub peer: String,
     pub unix_ms: u64,
+    /// SPIFFE ID of the verified client certificate (mTLS listeners).
+    pub peer_identity: Option<Arc<str>>,
 }
 
 /// Per-worker gauges, sent as absolute values with each batch.
@@ -496,6 +498,10 @@ fn write_access_line(out: &mut Vec<u8>, s: &Snapshot, r: &RequestRecord, a: &Acc
     js(out, &a.request_id);
     out.extend_from_slice(b",\"peer\":");
     js(out, &a.peer);
+    if let Some(id) = &a.peer_identity {
+        out.extend_from_slice(b",\"peer_identity\":");
+        js(out, id);
+    }
     out.extend_from_slice(b",\"method\":");
     js(out, &a.method);
     out.extend_from_slice(b",\"path\":");

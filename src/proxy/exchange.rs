@@ -236,6 +236,7 @@ impl<'a> Exchange<'a> {
                 path: head.path().to_string(),
                 request_id: request_id.clone(),
                 peer: self.peer.to_string(),
+                peer_identity: self.peer_identity.cloned(),
                 unix_ms: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)

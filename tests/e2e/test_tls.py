@@ -304,8 +304,9 @@ def test_mtls_between_two_sidecars_on_loopback(tmp_path, sluice_factory):
         assert out.choices[0].message.content
         # The verified identity is the caller (a header cannot spoof it).
         caller = f"spiffe://{TD}/ns/app/sa/client"
-        wait_for(lambda: srv.metric("sluice_gen_ai_client_token_usage_total", caller=caller) > 0
-                 or f'caller="{caller}"' in srv.metrics(), what="caller identity in metrics")
+        wait_for(lambda: srv.metric("sluice_gen_ai_requests_total", caller=caller, outcome="ok") >= 1,
+                 what="caller identity in metrics")
+        assert srv.metric("sluice_gen_ai_tokens_total", caller=caller, gen_ai_token_type="output") > 0
         wait_for(lambda: log.exists() and caller in log.read_text(), what="caller in the access log")
         assert "spoofed" not in srv.metrics()
 
@@ -318,6 +319,12 @@ def test_mtls_between_two_sidecars_on_loopback(tmp_path, sluice_factory):
         err = json.loads(body)["error"]
         assert err["type"] == "permission_error" and err["code"] == "identity_not_allowed"
         assert "spiffe://cluster.local/ns/other/sa/intruder" in err["message"]
+        # The access log names who was refused.
+        def refused_logged():
+            lines = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
+            return any(l.get("status") == 403 and l.get("error") == "identity_not_allowed"
+                       and l.get("peer_identity") == f"spiffe://{TD}/ns/other/sa/intruder" for l in lines)
+        wait_for(refused_logged, what="the refusal in the access log")
 
         # No client certificate: the handshake fails.
         r = curl("--cacert", str(ca_dir / "ca.pem"), f"https://localhost:{srv.port}/v1/models")
