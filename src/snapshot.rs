@@ -483,7 +483,21 @@ pub fn build_client_tls(
         (Some(c), Some(k)) => Some((c.value.as_str(), k.value.as_str())),
         _ => None,
     };
-    let cfg = crate::tls::client::client_config(name, roots, client_cert, &u.tls.peer_identities)?;
+    let roots_source = u
+        .tls
+        .ca_file
+        .as_ref()
+        .map(|ca| crate::tls::client::RootsSource {
+            system_roots: u.tls.system_roots,
+            ca_file: ca.value.clone(),
+        });
+    let cfg = crate::tls::client::client_config(
+        name,
+        roots,
+        roots_source,
+        client_cert,
+        &u.tls.peer_identities,
+    )?;
     Ok(monoio_rustls::TlsConnector::from(Arc::new(cfg)))
 }
 

@@ -2,16 +2,18 @@
 //! verification of the peer by SPIFFE ID.
 //!
 //! Owns: [`ClientCert`] (a `ResolvesClientCert` backed by an `ArcSwap`, re-read by the watch
-//! thread when `client_cert_file`/`client_key_file` change), [`SpiffeVerifier`], and
-//! [`client_config`], which `snapshot::build_client_tls` calls to finish an upstream's
+//! thread when `client_cert_file`/`client_key_file` change), [`SpiffeVerifier`] (webpki
+//! verification whose roots follow `ca_file` rotations, with an optional SPIFFE ID check),
+//! and [`client_config`], which `snapshot::build_client_tls` calls to finish an upstream's
 //! `ClientConfig`.
 //!
 //! Invariants:
 //! * The chain is always verified against the configured roots. With `peer_identities`, the
 //!   host-name check is replaced by a SPIFFE ID check (mesh certificates name workloads, not
 //!   hosts; this is what Istio does); without it, the usual host-name check applies.
-//! * Rotation swaps the certificate for new handshakes; pooled connections keep theirs until
-//!   they close.
+//! * Rotation (client certificate or CA bundle) applies to new handshakes; pooled connections
+//!   keep what they were opened with until they close.
+//! * Upstreams without `ca_file` and `peer_identities` use rustls' stock verifier, unchanged.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,11 +91,66 @@ impl reload::Reloadable for ClientCert {
     }
 }
 
-/// Verifies the chain with webpki, then the peer's SPIFFE ID instead of its host name.
+/// Where an upstream's trusted roots come from, so they can be rebuilt when `ca_file` rotates.
+#[derive(Debug, Clone)]
+pub struct RootsSource {
+    pub system_roots: bool,
+    pub ca_file: String,
+}
+
+impl RootsSource {
+    fn build(&self) -> Result<rustls::RootCertStore, String> {
+        let mut roots = if self.system_roots {
+            let mut r = rustls::RootCertStore::empty();
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = r.add(c);
+            }
+            if r.is_empty() {
+                r.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+            r
+        } else {
+            rustls::RootCertStore::empty()
+        };
+        for c in super::load_certs(&self.ca_file)? {
+            roots.add(c).map_err(|e| format!("{}: {e}", self.ca_file))?;
+        }
+        Ok(roots)
+    }
+}
+
+/// Verifies the chain with webpki against roots that follow `ca_file` rotations; then either
+/// the host name (no `peer_identities`) or the peer's SPIFFE ID instead of it.
 #[derive(Debug)]
 pub struct SpiffeVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    allowed: Vec<IdentityPattern>,
+    upstream: String,
+    inner: ArcSwap<Arc<WebPkiServerVerifier>>,
+    /// `None`: verify the host name as usual.
+    allowed: Option<Vec<IdentityPattern>>,
+    roots: Option<RootsSource>,
+}
+
+impl reload::Reloadable for SpiffeVerifier {
+    fn describe(&self) -> String {
+        format!("upstream {} ca_file", self.upstream)
+    }
+    fn files(&self) -> Vec<PathBuf> {
+        self.roots
+            .iter()
+            .map(|r| PathBuf::from(&r.ca_file))
+            .collect()
+    }
+    fn reload(&self) -> Result<(), String> {
+        let Some(src) = &self.roots else {
+            return Ok(());
+        };
+        let roots = src.build()?;
+        let v = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), super::provider())
+            .build()
+            .map_err(|e| e.to_string())?;
+        self.inner.store(Arc::new(v));
+        Ok(())
+    }
 }
 
 impl ServerCertVerifier for SpiffeVerifier {
@@ -105,13 +162,13 @@ impl ServerCertVerifier for SpiffeVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let inner = self.inner.load();
+        let res =
+            inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        let Some(allowed) = &self.allowed else {
+            return res;
+        };
+        match res {
             // webpki checks the chain before the name: a name error means the chain is good.
             Ok(_)
             | Err(Error::InvalidCertificate(
@@ -120,7 +177,7 @@ impl ServerCertVerifier for SpiffeVerifier {
             Err(e) => return Err(e),
         }
         let id = spiffe_id_of(end_entity);
-        if super::spiffe::allowed(&self.allowed, id.as_deref()) {
+        if super::spiffe::allowed(allowed, id.as_deref()) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(Error::InvalidCertificate(CertificateError::Other(
@@ -135,7 +192,7 @@ impl ServerCertVerifier for SpiffeVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.inner.load().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -144,11 +201,11 @@ impl ServerCertVerifier for SpiffeVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.inner.load().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.inner.load().supported_verify_schemes()
     }
 }
 
@@ -166,11 +223,13 @@ impl std::fmt::Display for PeerIdentityRefused {
 
 impl std::error::Error for PeerIdentityRefused {}
 
-/// Finish an upstream's client config: roots (already assembled by the caller), optional
+/// Finish an upstream's client config: roots (already assembled by the caller from
+/// `roots_source`, when there is a `ca_file`, which is then watched for rotation), optional
 /// SPIFFE peer verification, optional client certificate, ALPN `http/1.1`.
 pub fn client_config(
     upstream: &str,
     roots: rustls::RootCertStore,
+    roots_source: Option<RootsSource>,
     client_cert: Option<(&str, &str)>,
     peer_identities: &[String],
 ) -> Result<ClientConfig, String> {
@@ -178,20 +237,35 @@ pub fn client_config(
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("upstream {upstream}: tls: {e}"))?;
-    let builder = if peer_identities.is_empty() {
+    let builder = if peer_identities.is_empty() && roots_source.is_none() {
         builder.with_root_certificates(roots)
     } else {
-        let allowed = peer_identities
-            .iter()
-            .map(|p| IdentityPattern::parse(p))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("upstream {upstream}: tls.peer_identities: {e}"))?;
+        let allowed = if peer_identities.is_empty() {
+            None
+        } else {
+            Some(
+                peer_identities
+                    .iter()
+                    .map(|p| IdentityPattern::parse(p))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("upstream {upstream}: tls.peer_identities: {e}"))?,
+            )
+        };
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| format!("upstream {upstream}: tls: {e}"))?;
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SpiffeVerifier { inner, allowed }))
+        let watched = roots_source.is_some();
+        let v = Arc::new(SpiffeVerifier {
+            upstream: upstream.to_string(),
+            inner: ArcSwap::from_pointee(inner),
+            allowed,
+            roots: roots_source,
+        });
+        if watched {
+            let r: Arc<dyn reload::Reloadable> = v.clone();
+            reload::watch(&r);
+        }
+        builder.dangerous().with_custom_certificate_verifier(v)
     };
     let mut cfg = match client_cert {
         Some((cert, key)) => builder.with_client_cert_resolver(

@@ -591,3 +591,32 @@ def test_mtls_across_two_network_namespaces(tmp_path, two_namespaces):
                     p.wait(10)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def test_upstream_ca_bundle_rotation_without_a_config_reload(tmp_path, sluice_factory):
+    """The mesh CA bundle an upstream is verified against is watched too: replacing it makes
+    new connections verify against the new roots, with no config change or SIGHUP."""
+    ca1 = tmp_path / "ca1"
+    ca_init(ca1, td="mock.test")
+    ca2 = tmp_path / "ca2"
+    ca_init(ca2, td="mock.test")
+    mcert = ca_issue(ca1, tmp_path / "mock", "spiffe://mock.test/ns/x/sa/mock", "model.mesh")
+    mock = start_mock(tls_cert=mcert / "cert.pem", tls_key=mcert / "key.pem")
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes((ca2 / "ca.pem").read_bytes())  # the wrong CA first
+    try:
+        s = sluice_factory(upstream=mock.addr, extra_upstream=textwrap.dedent(f"""\
+            tls: {{ enabled: true, sni: model.mesh, system_roots: false, ca_file: {bundle} }}
+            pool: {{ idle_max: 0 }}
+            """))
+        status, body = http_get(s.url + "/v1/models")
+        assert status == 502 and b"upstream_tls_failed" in body, body
+        # Rotate: old and new CA in one bundle (the usual overlap), written atomically.
+        tmp = tmp_path / "bundle.tmp"
+        tmp.write_bytes((ca2 / "ca.pem").read_bytes() + (ca1 / "ca.pem").read_bytes())
+        os.replace(tmp, bundle)
+        wait_for(lambda: http_get(s.url + "/v1/models")[0] == 200, what="the rotated bundle")
+        wait_for(lambda: s.metric("sluice_tls_cert_reloads_total", result="ok") >= 1, what="reload metric")
+        assert s.metric("sluice_config_reloads_total", result="ok") == 0
+    finally:
+        mock.stop()
