@@ -62,7 +62,9 @@ impl HandshakeFailure {
             E::InvalidCertificate(_) | E::InvalidCertRevocationList(_) => {
                 HandshakeFailure::BadClientCert
             }
-            E::PeerIncompatible(_) => HandshakeFailure::Incompatible,
+            E::PeerIncompatible(_) | E::NoApplicationProtocol => HandshakeFailure::Incompatible,
+            // What rustls reports when the resolver has no certificate: for the minting
+            // resolver, only when the ClientHello carried no SNI.
             E::General(m) if m.contains("no server certificate") => HandshakeFailure::NoSni,
             _ => HandshakeFailure::Protocol,
         }

@@ -620,3 +620,25 @@ def test_upstream_ca_bundle_rotation_without_a_config_reload(tmp_path, sluice_fa
         assert s.metric("sluice_config_reloads_total", result="ok") == 0
     finally:
         mock.stop()
+
+
+def test_h2_only_client_is_refused_in_the_handshake(pki, tmp_path, sluice_factory):
+    mock = start_mock()
+    try:
+        srv = ca_issue(pki, tmp_path / "srv", f"spiffe://{TD}/ns/model/sa/sluice", "localhost")
+        s = sluice_factory(terminating_config(srv).replace("MOCK", mock.addr))
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        ctx.set_alpn_protocols(["h2"])
+        with pytest.raises(ssl.SSLError):
+            with socket.create_connection(("127.0.0.1", s.port), timeout=5) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost"):
+                    pass
+        wait_for(lambda: s.metric("sluice_tls_handshake_failures_total", reason="incompatible") >= 1,
+                 what="incompatible metric")
+        # A client offering h2 and http/1.1 gets http/1.1.
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as c:
+                assert c.selected_alpn_protocol() == "http/1.1"
+    finally:
+        mock.stop()
