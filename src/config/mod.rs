@@ -1014,6 +1014,13 @@ impl Validator<'_> {
                             format!("{f}.tls.{an}"),
                             format!("`{}`: {e}", x.value),
                         );
+                    } else if let (Some(k), "client_cert_file") = (b, an) {
+                        // Both in place: load them, so `sluice check` catches a bad pair.
+                        if std::fs::metadata(&k.value).is_ok() {
+                            if let Err(e) = crate::tls::load_certified_key(&x.value, &k.value) {
+                                self.err(x.line, format!("{f}.tls.{an}"), e);
+                            }
+                        }
                     }
                 }
             }

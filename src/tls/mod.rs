@@ -201,6 +201,13 @@ impl TlsServerConfig {
         if self.handshake_timeout_ms == 0 {
             e(line, "handshake_timeout_ms", "must be > 0".into());
         }
+        // Everything is in place: load it, so `sluice check` catches an unreadable PEM or a
+        // key that does not belong to its certificate before `sluice run` does.
+        if errs.is_empty() {
+            if let Err(p) = server::build_server_config(self) {
+                errs.push((line, String::new(), p));
+            }
+        }
         errs
     }
 }

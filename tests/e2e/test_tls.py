@@ -642,3 +642,28 @@ def test_h2_only_client_is_refused_in_the_handshake(pki, tmp_path, sluice_factor
                 assert c.selected_alpn_protocol() == "http/1.1"
     finally:
         mock.stop()
+
+
+def test_check_catches_a_key_that_does_not_match(pki, tmp_path):
+    a = ca_issue(pki, tmp_path / "a", f"spiffe://{TD}/ns/a/sa/a", "localhost")
+    b = ca_issue(pki, tmp_path / "b", f"spiffe://{TD}/ns/b/sa/b", "localhost")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(textwrap.dedent(f"""\
+        listeners:
+          - name: a
+            bind: 127.0.0.1:1
+            tls: {{ cert_file: {a}/cert.pem, key_file: {b}/key.pem }}
+            routes:
+              - upstream: u
+        upstreams:
+          u:
+            endpoints: ["127.0.0.1:2"]
+            tls:
+              enabled: true
+              client_cert_file: {b}/cert.pem
+              client_key_file: {a}/key.pem
+        """))
+    r = subprocess.run([SLUICE_BIN, "check", "--config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 2, r.stdout
+    assert f"{cfg}:3: listeners[0].tls: {a}/cert.pem / {b}/key.pem:" in r.stderr, r.stderr
+    assert f"{cfg}:12: upstreams.u.tls.client_cert_file: {b}/cert.pem / {a}/key.pem:" in r.stderr, r.stderr
