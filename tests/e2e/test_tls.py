@@ -667,3 +667,25 @@ def test_check_catches_a_key_that_does_not_match(pki, tmp_path):
     assert r.returncode == 2, r.stdout
     assert f"{cfg}:3: listeners[0].tls: {a}/cert.pem / {b}/key.pem:" in r.stderr, r.stderr
     assert f"{cfg}:12: upstreams.u.tls.client_cert_file: {b}/cert.pem / {a}/key.pem:" in r.stderr, r.stderr
+
+
+def test_config_reload_turns_tls_on_for_new_connections(pki, tmp_path, sluice_factory, mock):
+    srv = ca_issue(pki, tmp_path / "srv", f"spiffe://{TD}/ns/model/sa/sluice", "localhost")
+    s = sluice_factory(upstream=mock.addr)
+    assert http_get(s.url + "/v1/models")[0] == 200
+    # An open plain keep-alive connection, from before the reload.
+    old = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+    old.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert old.recv(65536).startswith(b"HTTP/1.1 200")
+    text = s.cfg_path.read_text().replace(
+        "    routes:",
+        f"    tls: {{ cert_file: {srv}/cert.pem, key_file: {srv}/key.pem }}\n    routes:", 1)
+    s.write_config(text)
+    wait_for(lambda: s.metric("sluice_config_reloads_total", result="ok") >= 1, what="config reload")
+    r = curl("--cacert", str(pki / "ca.pem"), "-o", "/dev/null", "-w", "%{http_code}",
+             f"https://localhost:{s.port}/v1/models")
+    assert r.stdout == "200", r.stderr
+    # The connection accepted as plain TCP stays plain until it closes.
+    old.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert old.recv(65536).startswith(b"HTTP/1.1 200")
+    old.close()
