@@ -31,6 +31,10 @@ fi
 if ! "$PY" -c 'import yaml, jsonpatch' 2>/dev/null; then
   step "pip install pyyaml jsonpatch"
   "$PY" -m pip install -q --disable-pip-version-check pyyaml jsonpatch
+# test_tls.py reads certificates (serials, SANs, validity) with `cryptography`.
+if ! "$PY" -c 'import cryptography' 2>/dev/null; then
+  step "pip install cryptography"
+  "$PY" -m pip install -q --disable-pip-version-check cryptography
 fi
 
 step "cargo fmt --check"

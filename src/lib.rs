@@ -10,6 +10,7 @@
 //! * [`inspect`]: SSE/NDJSON splitting and provider dialects (usage, model, stream flag).
 //! * [`pii`]: PII detection and redaction engine, shared read-only by all cores.
 //! * [`telemetry`]: per-request records batched off the hot path into metrics and access logs.
+//! * [`tls`]: TLS termination, mTLS/SPIFFE identities, rotation, interception, `sluice ca`.
 //! * [`admin`]: readiness, metrics, running config.
 //! * [`inject`]: Kubernetes sidecar injection (`sluice inject`, `sluice inject-webhook`).
 //! * [`transparent`]: iptables-redirected connections: original destination, sniffing,
@@ -33,4 +34,5 @@ pub mod server;
 pub mod snapshot;
 pub mod telemetry;
 pub mod transparent;
+pub mod tls;
 pub mod worker;

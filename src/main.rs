@@ -1,4 +1,4 @@
-//! The `sluice` command line: `run`, `check`, `iptables`, `inject`, `inject-webhook`,
+//! The `sluice` command line: `run`, `check`, `iptables`, `ca`, `inject`, `inject-webhook`,
 //! `--version`.
 
 use std::path::PathBuf;
@@ -77,6 +77,41 @@ enum Cmd {
     /// Install the NAT rules that redirect a pod's traffic through sluice (init container;
     /// needs NET_ADMIN). Idempotent; see docs/transparent.md.
     Iptables(sluice::iptables::Args),
+    /// A development CA for mTLS and interception: `ca init`, `ca issue`.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Create a CA: DIR/ca.pem and DIR/ca-key.pem (never overwrites a key).
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// SPIFFE trust domain the CA issues identities in.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        #[arg(long, default_value_t = sluice::tls::ca::CA_DAYS_DEFAULT)]
+        days: u32,
+    },
+    /// Issue a workload certificate with a SPIFFE ID: DIR/cert.pem, DIR/key.pem, DIR/ca.pem.
+    Issue {
+        /// Directory holding ca.pem and ca-key.pem.
+        #[arg(long)]
+        ca: PathBuf,
+        /// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>
+        #[arg(long)]
+        spiffe: String,
+        /// DNS name to add as a SAN (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = sluice::tls::ca::WORKLOAD_DAYS_DEFAULT)]
+        days: u32,
+    },
 }
 
 fn init_logging(format: &str) {
@@ -118,6 +153,34 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Iptables(a) => sluice::iptables::main(a),
+        Cmd::Ca { cmd } => {
+            let res = match cmd {
+                CaCmd::Init {
+                    out,
+                    trust_domain,
+                    days,
+                } => sluice::tls::ca::cmd_init(&out, &trust_domain, days),
+                CaCmd::Issue {
+                    ca,
+                    spiffe,
+                    dns,
+                    out,
+                    days,
+                } => sluice::tls::ca::cmd_issue(&ca, &spiffe, &dns, &out, days),
+            };
+            match res {
+                Ok(files) => {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluice ca: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Cmd::Check { config } => match sluice::config::load(&config) {
             Ok(c) => {
                 println!(

@@ -74,6 +74,8 @@ pub struct ListenerRt {
     /// Explicit or transparent (see `crate::transparent`).
     pub mode: crate::transparent::ListenerMode,
     pub transparent: crate::transparent::TransparentConfig,
+    /// TLS termination or interception; `None` = plain TCP.
+    pub tls: Option<Arc<crate::tls::server::ServerTls>>,
 }
 
 pub struct RouteRt {
@@ -96,6 +98,8 @@ pub struct RouteRt {
     pub destination_port: Option<u16>,
     /// Transparent listeners: a TLS pass-through route for this server name pattern.
     pub sni: Option<String>,
+    /// mTLS authorization: identities that may call; `None` = anyone.
+    pub allow_identities: Option<Vec<crate::tls::spiffe::IdentityPattern>>,
 }
 
 pub struct UpstreamRt {
@@ -278,6 +282,10 @@ fn build_listener(
         routes,
         mode: l.mode,
         transparent: l.transparent.clone(),
+        tls: match &l.tls {
+            Some(t) => Some(crate::tls::server::ServerTls::build(&l.name.value, t)?),
+            None => None,
+        },
     })
 }
 
@@ -372,6 +380,16 @@ fn build_route(
         destination,
         destination_port,
         sni,
+        allow_identities: match &r.allow_identities {
+            Some(a) => Some(
+                a.value
+                    .iter()
+                    .map(|p| crate::tls::spiffe::IdentityPattern::parse(p))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("route {i}: allow_identities: {e}"))?,
+            ),
+            None => None,
+        },
     })
 }
 
@@ -484,13 +502,25 @@ pub fn build_client_tls(
             ));
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("upstream {name}: tls: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let client_cert = match (&u.tls.client_cert_file, &u.tls.client_key_file) {
+        (Some(c), Some(k)) => Some((c.value.as_str(), k.value.as_str())),
+        _ => None,
+    };
+    let roots_source = u
+        .tls
+        .ca_file
+        .as_ref()
+        .map(|ca| crate::tls::client::RootsSource {
+            system_roots: u.tls.system_roots,
+            ca_file: ca.value.clone(),
+        });
+    let cfg = crate::tls::client::client_config(
+        name,
+        roots,
+        roots_source,
+        client_cert,
+        &u.tls.peer_identities,
+    )?;
     Ok(monoio_rustls::TlsConnector::from(Arc::new(cfg)))
 }
 

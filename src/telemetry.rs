@@ -92,6 +92,8 @@ pub struct AccessFields {
     pub request_id: String,
     pub peer: String,
     pub unix_ms: u64,
+    /// SPIFFE ID of the verified client certificate (mTLS listeners).
+    pub peer_identity: Option<Arc<str>>,
 }
 
 /// Per-worker gauges, sent as absolute values with each batch.
@@ -279,6 +281,7 @@ fn run(
         if last_upkeep.elapsed() >= std::time::Duration::from_millis(UPKEEP_INTERVAL_MS) {
             last_upkeep = std::time::Instant::now();
             prometheus.run_upkeep();
+            crate::tls::stats::publish();
         }
         let Some(msg) = msg else { continue };
         match msg {
@@ -502,6 +505,10 @@ fn write_access_line(out: &mut Vec<u8>, s: &Snapshot, r: &RequestRecord, a: &Acc
     js(out, &a.request_id);
     out.extend_from_slice(b",\"peer\":");
     js(out, &a.peer);
+    if let Some(id) = &a.peer_identity {
+        out.extend_from_slice(b",\"peer_identity\":");
+        js(out, id);
+    }
     out.extend_from_slice(b",\"method\":");
     js(out, &a.method);
     out.extend_from_slice(b",\"path\":");

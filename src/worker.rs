@@ -305,13 +305,31 @@ async fn accept_loop(
                     ));
                     continue;
                 }
-                monoio::spawn(crate::proxy::exchange::serve_connection(
-                    w.clone(),
-                    name.clone(),
-                    stream,
-                    peer,
-                    guard,
-                ));
+                let tls = w
+                    .snapshot()
+                    .listener(&name)
+                    .and_then(|(_, l)| l.tls.clone());
+                match tls {
+                    Some(tls) => {
+                        monoio::spawn(crate::tls::server::serve_tls(
+                            w.clone(),
+                            name.clone(),
+                            stream,
+                            peer,
+                            guard,
+                            tls,
+                        ));
+                    }
+                    None => {
+                        monoio::spawn(crate::proxy::exchange::serve_connection(
+                            w.clone(),
+                            name.clone(),
+                            stream,
+                            peer,
+                            guard,
+                        ));
+                    }
+                }
             }
             Some(Err(e)) => {
                 tracing::warn!(listener = %name, error = %e, "accept failed");

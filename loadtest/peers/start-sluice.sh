@@ -1,7 +1,8 @@
 #!/bin/sh
 # Start sluice for `compare` with the ports shifted by the environment (MOCK_PORT,
 # SLUICE_PORT/SLUICE_ADMIN_PORT for sluice.yaml, SLUICE_FILTERS_PORT/..._ADMIN_PORT for
-# sluice-filters.yaml), then exec it so compare tracks its pid directly.
+# sluice-filters.yaml; TLS_DIR for the certificate paths of sluice-intercept.yaml), then exec
+# it so compare tracks its pid directly.
 #   start-sluice.sh CONFIG PORT_VAR_DEFAULT ADMIN_DEFAULT PORT ADMIN
 set -eu
 cfg=$1
@@ -9,5 +10,6 @@ out=${OUT:-/tmp}
 name=$(basename "$cfg" .yaml)
 sed -e "s/127.0.0.1:19090/127.0.0.1:${MOCK_PORT:-19090}/;
         s/127.0.0.1:$2/127.0.0.1:$4/;
-        s/127.0.0.1:$3/127.0.0.1:$5/" "$cfg" > "$out/$name.yaml"
+        s/127.0.0.1:$3/127.0.0.1:$5/;
+        s|/tmp/sluice-loadtest-tls|${TLS_DIR:-/tmp/sluice-loadtest-tls}|g" "$cfg" > "$out/$name.yaml"
 exec "${SLUICE_BIN:-../../target/release/sluice}" run --config "$out/$name.yaml"

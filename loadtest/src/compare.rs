@@ -176,6 +176,7 @@ impl CompareConfig {
     pub fn expand(&mut self) {
         if let Some(m) = self.mock.as_mut() {
             m.listen = expand_env(&m.listen);
+            m.args = m.args.iter().map(|a| expand_env(a)).collect();
         }
         for t in &mut self.targets {
             t.url = expand_env(&t.url);

@@ -136,7 +136,7 @@ struct LoadArgs {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Target base URL (http:// only).
+    /// Target base URL (http://, or https:// verified against $SLUICE_LOADTEST_CA_FILE; $SLUICE_LOADTEST_TLS_SERVER_NAME overrides the SNI).
     #[arg(long)]
     target: String,
     /// Name shown in the report.

@@ -228,6 +228,8 @@ pub enum CallerSource {
     SourceAddress,
     /// `caller.static_name`: the pod's own service, for an outbound sidecar.
     Static,
+    /// The SPIFFE ID of the client certificate verified on an mTLS listener.
+    PeerIdentity,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -469,6 +471,9 @@ pub struct ListenerConfig {
     pub transparent: crate::transparent::TransparentConfig,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// TLS termination (or interception) on this listener; plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsServerConfig>,
 }
 
 fn header_bytes_max_default() -> usize {
@@ -501,6 +506,10 @@ pub struct RouteConfig {
     /// PII enforcement with the top-level `pii` engine. Off when absent.
     #[serde(default)]
     pub pii: Option<PiiRouteConfig>,
+    /// mTLS authorization: SPIFFE IDs (exact, or a prefix ending in `*`) that may call this
+    /// route. Others get 403. Needs a listener with `tls.client_ca_file`.
+    #[serde(default)]
+    pub allow_identities: Option<Loc<Vec<String>>>,
 }
 
 /// All given conditions must hold. An empty match matches every request.
@@ -624,6 +633,16 @@ pub struct TlsClientConfig {
     /// Trust the system roots (and the bundled webpki roots when the system has none).
     #[serde(default = "yes")]
     pub system_roots: bool,
+    /// mTLS: the certificate (PEM chain) this sidecar presents to the upstream. Re-read when
+    /// it changes.
+    #[serde(default)]
+    pub client_cert_file: Option<Loc<String>>,
+    #[serde(default)]
+    pub client_key_file: Option<Loc<String>>,
+    /// Verify the upstream by SPIFFE ID (exact, or a prefix ending in `*`) instead of by host
+    /// name; the chain is still verified against the trusted roots.
+    #[serde(default)]
+    pub peer_identities: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -637,6 +656,9 @@ impl Default for TlsClientConfig {
             sni: None,
             ca_file: None,
             system_roots: true,
+            client_cert_file: None,
+            client_key_file: None,
+            peer_identities: Vec::new(),
         }
     }
 }
@@ -826,8 +848,40 @@ impl Validator<'_> {
             for (line, field, problem) in crate::transparent::validate_listener(l) {
                 self.err(line, format!("{f}.{field}"), problem);
             }
+            if let Some(t) = &l.tls {
+                for (line, field, problem) in t.validate(l.bind.line) {
+                    let field = if field.is_empty() {
+                        format!("{f}.tls")
+                    } else {
+                        format!("{f}.tls.{field}")
+                    };
+                    self.err(line, field, problem);
+                }
+            }
+            let verifies_clients = l.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
             for (j, r) in l.routes.iter().enumerate() {
                 let rf = format!("{f}.routes[{j}]");
+                if let Some(a) = &r.allow_identities {
+                    if !verifies_clients {
+                        self.err(
+                            a.line,
+                            format!("{rf}.allow_identities"),
+                            "needs a listener with tls.client_ca_file (no caller would have an identity)",
+                        );
+                    }
+                    if a.value.is_empty() {
+                        self.err(
+                            a.line,
+                            format!("{rf}.allow_identities"),
+                            "empty list: nobody could call this route",
+                        );
+                    }
+                    for (k, id) in a.value.iter().enumerate() {
+                        if let Err(e) = crate::tls::spiffe::IdentityPattern::parse(id) {
+                            self.err(a.line, format!("{rf}.allow_identities[{k}]"), e);
+                        }
+                    }
+                }
                 if r.upstream.value == crate::transparent::ORIGINAL_DESTINATION {
                     // Reserved name, checked with the listener's mode by `validate_listener`.
                 } else if !c.upstreams.contains_key(&r.upstream.value) {
@@ -1004,6 +1058,62 @@ impl Validator<'_> {
                         format!("{f}.tls.ca_file"),
                         format!("`{}`: {e}", ca.value),
                     );
+                }
+            }
+            for (a, b, an, bn) in [
+                (
+                    &u.tls.client_cert_file,
+                    &u.tls.client_key_file,
+                    "client_cert_file",
+                    "client_key_file",
+                ),
+                (
+                    &u.tls.client_key_file,
+                    &u.tls.client_cert_file,
+                    "client_key_file",
+                    "client_cert_file",
+                ),
+            ] {
+                if let Some(x) = a {
+                    if !u.tls.enabled {
+                        self.err(
+                            x.line,
+                            format!("{f}.tls.{an}"),
+                            "set, but tls.enabled is false",
+                        );
+                    } else if b.is_none() {
+                        self.err(
+                            x.line,
+                            format!("{f}.tls.{bn}"),
+                            format!("required with {an}"),
+                        );
+                    } else if let Err(e) = std::fs::metadata(&x.value) {
+                        self.err(
+                            x.line,
+                            format!("{f}.tls.{an}"),
+                            format!("`{}`: {e}", x.value),
+                        );
+                    } else if let (Some(k), "client_cert_file") = (b, an) {
+                        // Both in place: load them, so `sluice check` catches a bad pair.
+                        if std::fs::metadata(&k.value).is_ok() {
+                            if let Err(e) = crate::tls::load_certified_key(&x.value, &k.value) {
+                                self.err(x.line, format!("{f}.tls.{an}"), e);
+                            }
+                        }
+                    }
+                }
+            }
+            for (k, id) in u.tls.peer_identities.iter().enumerate() {
+                if !u.tls.enabled {
+                    self.err(
+                        u.endpoints.line,
+                        format!("{f}.tls.peer_identities"),
+                        "set, but tls.enabled is false",
+                    );
+                    break;
+                }
+                if let Err(e) = crate::tls::spiffe::IdentityPattern::parse(id) {
+                    self.err(u.endpoints.line, format!("{f}.tls.peer_identities[{k}]"), e);
                 }
             }
             if u.tls.enabled && !u.tls.system_roots && u.tls.ca_file.is_none() {

@@ -188,9 +188,21 @@ pub struct PiiAudit {
 }
 
 /// Identify the caller, per `caller.sources` in order.
-pub fn caller_of(cfg: &CallerConfig, head: &RequestHead, peer: std::net::SocketAddr) -> Arc<str> {
+///
+/// `peer_identity` is the SPIFFE ID of a verified client certificate (mTLS listeners).
+pub fn caller_of(
+    cfg: &CallerConfig,
+    head: &RequestHead,
+    peer: std::net::SocketAddr,
+    peer_identity: Option<&Arc<str>>,
+) -> Arc<str> {
     for s in &cfg.sources {
         match s {
+            CallerSource::PeerIdentity => {
+                if let Some(id) = peer_identity {
+                    return id.clone();
+                }
+            }
             CallerSource::Header => {
                 if let Some(v) = head.header(&cfg.header) {
                     if let Ok(v) = std::str::from_utf8(v) {
@@ -714,16 +726,16 @@ mod tests {
         let peer: std::net::SocketAddr = "10.0.0.7:5555".parse().unwrap();
         let h = head("x-sluice-caller: checkout\r\nauthorization: Bearer sk-secret\r\n");
         assert_eq!(
-            &*caller_of(&cfg(vec![CallerSource::Header]), &h, peer),
+            &*caller_of(&cfg(vec![CallerSource::Header]), &h, peer, None),
             "checkout"
         );
-        let k = caller_of(&cfg(vec![CallerSource::ApiKeyHash]), &h, peer);
+        let k = caller_of(&cfg(vec![CallerSource::ApiKeyHash]), &h, peer, None);
         assert!(k.starts_with("key:") && k.len() == 16, "{k}");
         assert!(!k.contains("sk-secret"));
         // Same key, same pseudonym; the Bearer prefix is not part of the key.
         let h2 = head("x-api-key: sk-secret\r\n");
         assert_eq!(
-            caller_of(&cfg(vec![CallerSource::ApiKeyHash]), &h2, peer),
+            caller_of(&cfg(vec![CallerSource::ApiKeyHash]), &h2, peer, None),
             k
         );
         let none = head("");
@@ -731,18 +743,24 @@ mod tests {
             &*caller_of(
                 &cfg(vec![CallerSource::Header, CallerSource::Static]),
                 &none,
-                peer
+                peer,
+                None
             ),
             "billing"
         );
         assert_eq!(
-            &*caller_of(&cfg(vec![CallerSource::SourceAddress]), &none, peer),
+            &*caller_of(&cfg(vec![CallerSource::SourceAddress]), &none, peer, None),
             "10.0.0.7"
         );
         assert_eq!(
-            &*caller_of(&cfg(vec![CallerSource::Header]), &none, peer),
+            &*caller_of(&cfg(vec![CallerSource::Header]), &none, peer, None),
             "unknown"
         );
+        let id: Arc<str> = Arc::from("spiffe://td/ns/a/sa/b");
+        let both = cfg(vec![CallerSource::PeerIdentity, CallerSource::Header]);
+        assert_eq!(&*caller_of(&both, &h, peer, Some(&id)), &*id);
+        // No verified identity: the next source answers.
+        assert_eq!(&*caller_of(&both, &h, peer, None), "checkout");
     }
 
     #[test]

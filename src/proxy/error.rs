@@ -46,6 +46,8 @@ pub enum ProxyError {
     TotalTimeout(u64),
     #[error("the connection was not redirected to this transparent listener: no original destination to forward to")]
     NoOriginalDestination,
+    #[error("caller identity {0} may not call route `{1}`")]
+    IdentityNotAllowed(Arc<str>, Arc<str>),
 }
 
 impl Classify for ProxyError {
@@ -58,6 +60,7 @@ impl Classify for ProxyError {
             | ClientBodyTimeout(_)
             | ClientClosed
             | NoOriginalDestination => Side::Downstream,
+            | IdentityNotAllowed(..) => Side::Downstream,
             NoEndpoint(_)
             | ConnectTimeout(..)
             | ConnectFailed(..)
@@ -79,6 +82,7 @@ impl Classify for ProxyError {
             NoRoute { .. } => 404,
             // The client addressed the transparent port itself.
             NoOriginalDestination => 421,
+            IdentityNotAllowed(..) => 403,
             HeaderTimeout(_) | ClientBodyTimeout(_) => 408,
             // Nobody to answer; 499 is what access logs conventionally show.
             ClientClosed => 499,
@@ -98,6 +102,7 @@ impl Classify for ProxyError {
             BadRequest(e) => e.code(),
             NoRoute { .. } => "no_route",
             NoOriginalDestination => "no_original_destination",
+            IdentityNotAllowed(..) => "identity_not_allowed",
             HeaderTimeout(_) => "header_timeout",
             ClientBodyTimeout(_) => "client_body_timeout",
             ClientClosed => "client_closed",

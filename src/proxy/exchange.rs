@@ -79,12 +79,28 @@ pub async fn serve_connection(
     guard: ConnGuard,
 ) {
     let rbuf = Vec::with_capacity(CLIENT_READ_BYTES_INITIAL);
-    serve_connection_with(w, listener, Io::Tcp(stream), peer, guard, rbuf, None).await
+    serve_connection_with(w, listener, Io::Tcp(stream), peer, guard, rbuf, None, None).await
+}
+
+/// Serve one client connection of any kind (plain, or TLS after `crate::tls::server`'s
+/// handshake, with the SPIFFE ID of a verified client certificate).
+pub async fn serve_io(
+    w: Rc<Worker>,
+    listener: Arc<str>,
+    client: Io,
+    peer: SocketAddr,
+    peer_identity: Option<Arc<str>>,
+    guard: ConnGuard,
+) {
+    let rbuf = Vec::with_capacity(CLIENT_READ_BYTES_INITIAL);
+    serve_connection_with(w, listener, client, peer, guard, rbuf, None, peer_identity).await
 }
 
 /// [`serve_connection`] for a connection whose first bytes were already read (`rbuf`, by the
 /// transparent listener's sniffer) and whose original destination may be known (`dst`, for
-/// routing by destination and the `original_destination` upstream).
+/// routing by destination and the `original_destination` upstream), or whose TLS client
+/// certificate carried a verified SPIFFE ID (`peer_identity`).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_connection_with(
     w: Rc<Worker>,
     listener: Arc<str>,
@@ -93,6 +109,7 @@ pub async fn serve_connection_with(
     _guard: ConnGuard,
     mut rbuf: Vec<u8>,
     dst: Option<crate::transparent::ConnDst>,
+    peer_identity: Option<Arc<str>>,
 ) {
     let mut wbuf: Vec<u8> = Vec::with_capacity(1024);
     loop {
@@ -126,6 +143,7 @@ pub async fn serve_connection_with(
             lidx,
             l,
             peer,
+            peer_identity: peer_identity.as_ref(),
             started: Instant::now(),
             dst,
         };
@@ -202,6 +220,8 @@ struct Exchange<'a> {
     lidx: usize,
     l: &'a ListenerRt,
     peer: SocketAddr,
+    /// SPIFFE ID of the verified client certificate (mTLS listeners).
+    peer_identity: Option<&'a Arc<str>>,
     started: Instant,
     /// Transparent listeners: where the connection was going.
     dst: Option<crate::transparent::ConnDst>,
@@ -237,6 +257,7 @@ impl<'a> Exchange<'a> {
                 path: head.path().to_string(),
                 request_id: request_id.clone(),
                 peer: self.peer.to_string(),
+                peer_identity: self.peer_identity.cloned(),
                 unix_ms: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
@@ -245,8 +266,29 @@ impl<'a> Exchange<'a> {
         });
         let dyn_up;
         let routed = match route {
-            Some((ridx, r)) if r.upstream == crate::transparent::ORIGINAL_DST_IDX => {
-                match self.dst {
+            None => Err((
+                NONE_IDX,
+                NONE_IDX,
+                ProxyError::NoRoute {
+                    method: head.method_str().to_string(),
+                    path: head.path().chars().take(256).collect(),
+                },
+            )),
+            Some((ridx, r)) => match &r.allow_identities {
+                Some(allow)
+                    if !crate::tls::spiffe::allowed(allow, self.peer_identity.map(|s| &**s)) =>
+                {
+                    let who: Arc<str> = self
+                        .peer_identity
+                        .cloned()
+                        .unwrap_or_else(|| Arc::from("(none)"));
+                    Err((
+                        ridx as u16,
+                        r.upstream as u16,
+                        ProxyError::IdentityNotAllowed(who, r.name.clone()),
+                    ))
+                }
+                _ if r.upstream == crate::transparent::ORIGINAL_DST_IDX => match self.dst {
                     Some(d) => {
                         dyn_up = self
                             .w
@@ -254,18 +296,15 @@ impl<'a> Exchange<'a> {
                             .upstream_for(d.target, &self.l.transparent);
                         Ok((ridx, r, &dyn_up))
                     }
-                    None => Err(ProxyError::NoOriginalDestination),
-                }
-            }
-            Some((ridx, r)) => Ok((ridx, r, &self.snap.upstreams[r.upstream])),
-            None => Err(ProxyError::NoRoute {
-                method: head.method_str().to_string(),
-                path: head.path().chars().take(256).collect(),
-            }),
+                    None => Err((ridx as u16, NONE_IDX, ProxyError::NoOriginalDestination)),
+                },
+                _ => Ok((ridx, r, &self.snap.upstreams[r.upstream])),
+            },
         };
         let (ridx, route, up) = match routed {
             Ok(r) => r,
-            Err(e) => {
+            Err((ridx, uidx, e)) => {
+                let status = e.status();
                 // The unread body (if any) would be taken for the next request: close.
                 let keep = matches!(head.body_kind(), BodyKind::Empty)
                     && head.keep_alive()
@@ -276,10 +315,10 @@ impl<'a> Exchange<'a> {
                 let (res, wbuf) = client.write_all(wbuf).await;
                 log_error(&e, &self.l.name, self.peer);
                 self.record(
-                    NONE_IDX,
-                    NONE_IDX,
+                    ridx,
+                    uidx,
                     Done {
-                        status: e.status(),
+                        status,
                         outcome: Outcome::LocalReply,
                         error: Some(e),
                         bytes_in: 0,
@@ -299,6 +338,7 @@ impl<'a> Exchange<'a> {
                 &self.snap.config.caller,
                 &head,
                 self.peer,
+                self.peer_identity,
             ));
             if self.snap.config.otel.enabled {
                 c.trace = Some(filter::TraceCtx::from_request(&head));

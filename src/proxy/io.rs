@@ -29,6 +29,11 @@ pub enum Io {
         Box<monoio_rustls::ClientTlsStream<TcpStream>>,
         std::os::fd::RawFd,
     ),
+    /// A client connection accepted on a TLS listener (see `crate::tls::server`).
+    TlsServer(
+        Box<monoio_rustls::ServerTlsStream<crate::tls::replay::Replay>>,
+        std::os::fd::RawFd,
+    ),
 }
 
 impl Io {
@@ -45,6 +50,7 @@ impl Io {
         let (res, slice) = match self {
             Io::Tcp(s) => s.read(slice).await,
             Io::TlsClient(s, _) => s.read(slice).await,
+            Io::TlsServer(s, _) => s.read(slice).await,
         };
         (res, slice.into_inner())
     }
@@ -65,6 +71,13 @@ impl Io {
                     other => other,
                 }
             }
+            Io::TlsServer(s, _) => match s.write_all(buf).await {
+                (Ok(n), b) => match s.flush().await {
+                    Ok(()) => (Ok(n), b),
+                    Err(e) => (Err(e), b),
+                },
+                other => other,
+            },
         };
         (res.map(|_| ()), buf)
     }
@@ -87,6 +100,7 @@ impl Io {
         let _ = match self {
             Io::Tcp(s) => s.shutdown().await,
             Io::TlsClient(s, _) => s.shutdown().await,
+            Io::TlsServer(s, _) => s.shutdown().await,
         };
     }
 
@@ -96,7 +110,7 @@ impl Io {
         use std::os::fd::AsRawFd;
         let fd = match self {
             Io::Tcp(s) => s.as_raw_fd(),
-            Io::TlsClient(_, fd) => *fd,
+            Io::TlsClient(_, fd) | Io::TlsServer(_, fd) => *fd,
         };
         let linger = libc::linger {
             l_onoff: 1,

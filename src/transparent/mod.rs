@@ -370,6 +370,7 @@ pub fn passthrough_route(listener: &str) -> RouteRt {
         destination: None,
         destination_port: None,
         sni: None,
+        allow_identities: None,
     }
 }
 
@@ -632,6 +633,7 @@ pub async fn serve(
                 guard,
                 sniffed.prefix,
                 dst,
+                None,
             )
             .await
         }

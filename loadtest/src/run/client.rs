@@ -109,18 +109,68 @@ pub struct Exchange {
     pub streamed: bool,
 }
 
+/// A plain or TLS client stream.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn read<T: monoio::buf::IoBufMut>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    async fn write_all<T: monoio::buf::IoBuf + 'static>(
+        &mut self,
+        buf: T,
+    ) -> monoio::BufResult<usize, T> {
+        match self {
+            Stream::Plain(s) => s.write_all(buf).await,
+            Stream::Tls(s) => {
+                let (r, b) = s.write_all(buf).await;
+                match r {
+                    Ok(n) => match monoio::io::AsyncWriteRent::flush(&mut **s).await {
+                        Ok(()) => (Ok(n), b),
+                        Err(e) => (Err(e), b),
+                    },
+                    Err(e) => (Err(e), b),
+                }
+            }
+        }
+    }
+}
+
 /// One client connection with its read buffer.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    pub async fn connect(addr: std::net::SocketAddr) -> Result<Self, ErrorKind> {
+    /// Connect, and with `tls` handshake (the handshake counts as part of the connect).
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        tls: Option<&(
+            monoio_rustls::TlsConnector,
+            rustls_pki_types::ServerName<'static>,
+        )>,
+    ) -> Result<Self, ErrorKind> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|_| ErrorKind::Connect)?;
         let _ = stream.set_nodelay(true);
+        let stream = match tls {
+            None => Stream::Plain(stream),
+            Some((connector, name)) => Stream::Tls(Box::new(
+                connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(|_| ErrorKind::Connect)?,
+            )),
+        };
         Ok(Self {
             stream,
             buf: Vec::with_capacity(READ_BUF_BYTES),

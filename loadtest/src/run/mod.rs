@@ -42,6 +42,12 @@ pub enum RunError {
         url: String,
         why: &'static str,
     },
+    #[error("target {name} ({url}): TLS setup: {why}")]
+    TlsSetup {
+        name: String,
+        url: String,
+        why: String,
+    },
     #[error("target {name} ({url}) does not answer: {why}")]
     Unreachable {
         name: String,
@@ -86,24 +92,86 @@ pub struct RunConfig {
     pub workers: usize,
 }
 
-/// Parsed `http://host:port/prefix`.
-#[derive(Debug, Clone)]
+/// Environment variable naming a PEM CA bundle that `https://` targets are verified against
+/// (only that bundle is trusted: targets are test proxies with test CAs).
+pub const TLS_CA_FILE_ENV: &str = "SLUICE_LOADTEST_CA_FILE";
+/// Environment variable overriding the TLS server name (SNI and verification) of `https://`
+/// targets, for a target addressed by IP that serves a certificate for a name (interception).
+pub const TLS_SERVER_NAME_ENV: &str = "SLUICE_LOADTEST_TLS_SERVER_NAME";
+
+/// Parsed `http://host:port/prefix` or `https://host:port/prefix`.
+#[derive(Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     pub host_header: String,
     pub prefix: String,
+    /// `https://`: the connector and the server name to verify.
+    pub tls: Option<(
+        monoio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
 }
 
-/// Parses and resolves a target URL (plain `http://` only).
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("addr", &self.addr)
+            .field("host_header", &self.host_header)
+            .field("prefix", &self.prefix)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+fn tls_connector(
+    host: &str,
+) -> Result<
+    (
+        monoio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    ),
+    String,
+> {
+    use rustls_pki_types::pem::PemObject;
+    let ca = std::env::var(TLS_CA_FILE_ENV)
+        .map_err(|_| format!("https:// targets need {TLS_CA_FILE_ENV}=<PEM CA bundle>"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in
+        rustls_pki_types::CertificateDer::pem_file_iter(&ca).map_err(|e| format!("{ca}: {e}"))?
+    {
+        roots
+            .add(c.map_err(|e| format!("{ca}: {e}"))?)
+            .map_err(|e| format!("{ca}: {e}"))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = std::env::var(TLS_SERVER_NAME_ENV).unwrap_or_else(|_| host.to_string());
+    let name = rustls_pki_types::ServerName::try_from(name.clone())
+        .map_err(|_| format!("`{name}` is not a TLS server name"))?;
+    Ok((
+        monoio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)),
+        name,
+    ))
+}
+
+/// Parses and resolves a target URL (`http://`, or `https://` verified against
+/// `SLUICE_LOADTEST_CA_FILE`).
 pub fn parse_target(name: &str, url: &str) -> Result<Target, RunError> {
     let bad = |why| RunError::BadUrl {
         name: name.into(),
         url: url.into(),
         why,
     };
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| bad("only http:// URLs are supported"))?;
+    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => return Err(bad("only http:// and https:// URLs are supported")),
+    };
     let (hostport, prefix) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
         None => (rest, ""),
@@ -116,6 +184,8 @@ pub fn parse_target(name: &str, url: &str) -> Result<Target, RunError> {
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
     {
         hostport.to_string()
+    } else if https {
+        format!("{hostport}:443")
     } else {
         format!("{hostport}:80")
     };
@@ -124,10 +194,22 @@ pub fn parse_target(name: &str, url: &str) -> Result<Target, RunError> {
         .map_err(|_| bad("cannot resolve host"))?
         .next()
         .ok_or_else(|| bad("cannot resolve host"))?;
+    let tls = if https {
+        let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Some(tls_connector(host).map_err(|why| RunError::TlsSetup {
+            name: name.into(),
+            url: url.into(),
+            why,
+        })?)
+    } else {
+        None
+    };
     Ok(Target {
         addr,
         host_header: hostport.to_string(),
         prefix: prefix.to_string(),
+        tls,
     })
 }
 
@@ -420,7 +502,12 @@ async fn conn_loop(
         }
         let in_window = intended >= measure_start;
         if conn.is_none() {
-            match monoio::time::timeout(cfg.timeout, Conn::connect(sh.target.addr)).await {
+            match monoio::time::timeout(
+                cfg.timeout,
+                Conn::connect(sh.target.addr, sh.target.tls.as_ref()),
+            )
+            .await
+            {
                 Ok(Ok(c)) => conn = Some(c),
                 _ => {
                     if in_window {
@@ -584,7 +671,7 @@ mod tests {
         );
         assert!(e.ends_with("content-length: 2\r\n\r\n{}"));
         assert!(matches!(
-            parse_target("x", "https://a"),
+            parse_target("x", "ftp://a"),
             Err(RunError::BadUrl { .. })
         ));
         let err = preflight("ghost", "http://127.0.0.1:1")
