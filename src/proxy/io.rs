@@ -50,7 +50,14 @@ impl Io {
         let (res, slice) = match self {
             Io::Tcp(s) => s.read(slice).await,
             Io::TlsClient(s, _) => s.read(slice).await,
-            Io::TlsServer(s, _) => s.read(slice).await,
+            Io::TlsServer(s, _) => match s.read(slice).await {
+                // A client that closes without TLS close_notify (most do) is a close, as on
+                // plain TCP: HTTP/1.1 requests are always framed, so a truncated request is
+                // still detected by the codec. (Upstream reads keep the error: a response may
+                // be close-delimited, and a cut one must not pass for complete.)
+                (Err(e), b) if e.kind() == io::ErrorKind::UnexpectedEof => (Ok(0), b),
+                other => other,
+            },
         };
         (res, slice.into_inner())
     }

@@ -689,3 +689,18 @@ def test_config_reload_turns_tls_on_for_new_connections(pki, tmp_path, sluice_fa
     old.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
     assert old.recv(65536).startswith(b"HTTP/1.1 200")
     old.close()
+
+
+def test_close_without_close_notify_is_a_clean_close(pki, tmp_path, sluice_factory, mock):
+    """Most clients just close the socket after a keep-alive exchange; that is not a 499."""
+    srv = ca_issue(pki, tmp_path / "srv", f"spiffe://{TD}/ns/model/sa/sluice", "localhost")
+    s = sluice_factory(terminating_config(srv).replace("MOCK", mock.addr))
+    for _ in range(3):
+        c = tls_connect(s.port, pki / "ca.pem")
+        c.sendall(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert c.recv(65536).startswith(b"HTTP/1.1 200")
+        os.close(c.detach())  # the TCP socket closes without a TLS close_notify
+    wait_for(lambda: s.metric("sluice_requests_total", status="200") >= 3, what="requests")
+    time.sleep(0.3)
+    assert s.metric("sluice_requests_total", status="4xx") == 0, s.metrics()
+    assert s.metric("sluice_errors_total", code="client_closed") == 0
