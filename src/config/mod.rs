@@ -466,7 +466,7 @@ pub struct ListenerConfig {
     /// by iptables (see docs/transparent.md).
     #[serde(default)]
     pub mode: crate::transparent::ListenerMode,
-    /// Settings of a transparent listener (sniffing, pass-through); ignored by `explicit`.
+    /// Settings of a transparent listener (sniffing, pass-through); an error on `explicit`.
     #[serde(default)]
     pub transparent: crate::transparent::TransparentConfig,
     #[serde(default)]

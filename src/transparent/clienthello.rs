@@ -357,6 +357,29 @@ pub mod fuzzing {
     }
 }
 
+/// Real ClientHellos for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use std::sync::Arc;
+
+    /// A ClientHello as rustls writes it, for `name`.
+    pub fn hello(name: &str) -> Vec<u8> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let sn = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(cfg), sn).unwrap();
+        let mut out = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

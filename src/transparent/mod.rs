@@ -427,29 +427,30 @@ pub struct Stats {
 
 impl Stats {
     fn sni(&mut self, listener: &Arc<str>, name: Option<&str>) {
-        let name = name.unwrap_or("none");
-        let key_known = self
-            .tls_server_names
-            .keys()
-            .any(|(l, n)| l == listener && &**n == name);
-        let label: Arc<str> = if key_known {
-            Arc::from(name)
-        } else {
+        let mut name = name.unwrap_or("none");
+        for _ in 0..2 {
+            // A label already counted: bump it in place (no allocation per connection).
+            if let Some(n) = self
+                .tls_server_names
+                .iter_mut()
+                .find(|((l, n), _)| l == listener && &**n == name)
+                .map(|(_, n)| n)
+            {
+                *n += 1;
+                return;
+            }
             let distinct = self
                 .tls_server_names
                 .keys()
                 .filter(|(l, _)| l == listener)
                 .count();
-            if distinct >= SNI_LABELS_MAX {
-                Arc::from("other")
-            } else {
-                Arc::from(name)
+            if distinct < SNI_LABELS_MAX || name == "other" {
+                break;
             }
-        };
-        *self
-            .tls_server_names
-            .entry((listener.clone(), label))
-            .or_default() += 1;
+            name = "other";
+        }
+        self.tls_server_names
+            .insert((listener.clone(), Arc::from(name)), 1);
     }
 
     fn error(&mut self, listener: &Arc<str>, code: &'static str) {

@@ -270,6 +270,107 @@ mod tests {
         assert_eq!(classify(b"SSH-2.0-OpenSSH_9.6\r\n"), Class::Tcp);
     }
 
+    fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+    }
+
+    /// Accept one connection whose client (on its own thread) runs `client`; sniff it.
+    fn sniff_with<F: FnOnce(std::net::TcpStream) + Send + 'static>(
+        timeout_ms: u64,
+        client: F,
+    ) -> (Option<Sniffed>, TcpStream, std::thread::JoinHandle<()>) {
+        rt().block_on(async move {
+            let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = l.local_addr().unwrap();
+            let h = std::thread::spawn(move || client(std::net::TcpStream::connect(a).unwrap()));
+            let (s, _) = l.accept().await.unwrap();
+            let deadline =
+                monoio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+            let r = sniff(&s, deadline).await.unwrap();
+            (r, s, h)
+        })
+    }
+
+    #[test]
+    fn a_silent_client_is_tcp_after_the_timeout_and_loses_nothing() {
+        use monoio::io::AsyncReadRent;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        rt().block_on(async move {
+            let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = l.local_addr().unwrap();
+            let h = std::thread::spawn(move || {
+                use std::io::Write;
+                let mut c = std::net::TcpStream::connect(a).unwrap();
+                rx.recv().unwrap();
+                c.write_all(b"late bytes").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            });
+            let (mut s, _) = l.accept().await.unwrap();
+            let deadline = monoio::time::Instant::now() + std::time::Duration::from_millis(100);
+            let r = sniff(&s, deadline).await.unwrap().unwrap();
+            assert_eq!(r.protocol, Protocol::Tcp);
+            assert!(r.timed_out && r.prefix.is_empty());
+            tx.send(()).unwrap();
+            // What arrives after the timeout is still on the socket.
+            let (n, b) = s.read(Vec::with_capacity(64)).await;
+            assert_eq!(&b[..n.unwrap()], b"late bytes");
+            h.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn http_split_over_writes_and_tls_hello_split_are_recognised() {
+        let (r, _s, h) = sniff_with(2000, |mut c| {
+            use std::io::Write;
+            c.set_nodelay(true).unwrap();
+            c.write_all(b"PO").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            c.write_all(b"ST /v1/chat HTTP/1.1\r\n").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        });
+        let r = r.unwrap();
+        assert_eq!(r.protocol, Protocol::Http);
+        assert!(r.prefix.starts_with(b"PO"));
+        assert!(!r.timed_out);
+        h.join().unwrap();
+
+        let hello = crate::transparent::clienthello::tests_support::hello("split.test");
+        let (r, _s, h) = sniff_with(2000, move |mut c| {
+            use std::io::Write;
+            c.set_nodelay(true).unwrap();
+            let (a, b) = hello.split_at(hello.len() / 2);
+            c.write_all(a).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            c.write_all(b).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        });
+        let r = r.unwrap();
+        assert_eq!(r.protocol, Protocol::Tls);
+        assert_eq!(r.hello.unwrap().server_name.as_deref(), Some("split.test"));
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn a_client_that_closes_at_once_is_none_and_one_that_half_closes_is_kept() {
+        let (r, _s, h) = sniff_with(2000, drop);
+        assert!(r.is_none());
+        h.join().unwrap();
+        let (r, _s, h) = sniff_with(2000, |mut c| {
+            use std::io::Write;
+            c.write_all(b"G").unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        });
+        let r = r.unwrap();
+        assert_eq!(r.protocol, Protocol::Tcp);
+        assert!(r.client_eof);
+        assert_eq!(r.prefix, b"G");
+        h.join().unwrap();
+    }
+
     #[test]
     fn every_method_prefix_waits_and_the_bound_suffices() {
         for m in METHODS {
