@@ -65,6 +65,36 @@ fn selects(selector: &Value, labels_v: &Value) -> bool {
     !sel.is_empty() && sel.iter().all(|(k, v)| l.get(k) == Some(v))
 }
 
+/// A Kubernetes label selector (`matchLabels` and `matchExpressions`) against `labels`.
+fn selector_matches(sel: &Value, labels_v: &Value) -> bool {
+    let l = labels(labels_v);
+    let by_labels = labels(&sel["matchLabels"])
+        .iter()
+        .all(|(k, v)| l.get(k) == Some(v));
+    let by_exprs = sel["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e["key"].as_str().unwrap_or("");
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let v = l.get(key).map(String::as_str);
+            match e["operator"].as_str() {
+                Some("In") => v.is_some_and(|v| values.contains(&v)),
+                Some("NotIn") => v.is_none_or(|v| !values.contains(&v)),
+                Some("Exists") => v.is_some(),
+                Some("DoesNotExist") => v.is_none(),
+                other => panic!("unknown operator {other:?}"),
+            }
+        });
+    by_labels && by_exprs
+}
+
 fn container_ports(pod_spec: &Value) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for key in ["containers", "initContainers"] {
@@ -303,6 +333,11 @@ fn the_example_is_coherent_and_its_injected_form_is_current() {
     assert!(ports.iter().any(
         |(n, p)| n == inject::PORT_PROMETHEUS_NAME && *p == u64::from(inject::PORT_PROMETHEUS)
     ));
+    // Each example pod is scraped exactly once: through its metrics Service (ServiceMonitor),
+    // so the PodMonitor must leave it alone.
+    assert!(!selector_matches(&pm["spec"]["selector"], tmpl_labels));
+    let unlabelled = serde_json::json!({"app": "other"});
+    assert!(selector_matches(&pm["spec"]["selector"], &unlabelled));
     let ann = &injected_dep["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(
         ann["prometheus.io/port"],
