@@ -337,7 +337,10 @@ mod tests {
         let text = client_text(&whole);
         assert!(!text.contains("1111 1111"), "{text}");
         assert!(text.contains("[REDACTED:CREDIT_CARD]"), "{text}");
-        assert!(text.starts_with("My card is ") && text.ends_with(", thanks bye"), "{text}");
+        assert!(
+            text.starts_with("My card is ") && text.ends_with(", thanks bye"),
+            "{text}"
+        );
         assert_eq!(f.len(), 1);
         for cut in 0..=input.len() {
             let (out, _) = run_split(input.as_bytes(), &[cut]);
@@ -363,19 +366,25 @@ mod tests {
         let (out, _) = run_split(input.as_bytes(), &[]);
         let text = client_text(&out);
         assert!(text.starts_with("my ssn: "), "{text}");
-        assert!(!text.contains("6789") && text.contains("[REDACTED:SSN]"), "{text}");
+        assert!(
+            !text.contains("6789") && text.contains("[REDACTED:SSN]"),
+            "{text}"
+        );
     }
 
     #[test]
     fn anthropic_deltas_and_non_json_pass() {
-        let mut input = String::from("event: message_start\ndata: {\"type\":\"message_start\"}\n\n");
+        let mut input =
+            String::from("event: message_start\ndata: {\"type\":\"message_start\"}\n\n");
         for t in ["ssn 123-4", "5-6789 ok"] {
             input.push_str(&format!(
                 "event: content_block_delta\ndata: {}\n\n",
                 serde_json::json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":t}})
             ));
         }
-        input.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
+        input.push_str(
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        );
         input.push_str(": comment\ndata: not json\n\n");
         let (out, f) = run_split(input.as_bytes(), &[]);
         let s = String::from_utf8(out).unwrap();
