@@ -185,7 +185,13 @@ fn digest_mode() {
             "dictionaries":[{"name":"CUSTOMER","terms":["Acme Corp","Globex"]}],
             "context":{"positive":{"IP_ADDRESS":["box"],"SSN":["id"]},"negative":["example"]}}"#,
     ];
-    let corpus = std::fs::read_to_string("tests/pii_corpus/corpus.jsonl").unwrap_or_default();
+    let corpus = match std::fs::read_to_string("tests/pii_corpus/corpus.jsonl") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tests/pii_corpus/corpus.jsonl (run from the repository root): {e}");
+            std::process::exit(2);
+        }
+    };
     for (k, c) in configs.iter().enumerate() {
         let cfg: PiiConfig = match serde_json::from_str(c) {
             Ok(c) => c,

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use aho_corasick::automaton::Automaton;
+use aho_corasick::automaton::{Automaton, StateID};
 use aho_corasick::{Anchored, MatchKind, StartKind};
 
 use super::error::PiiError;
@@ -32,17 +32,23 @@ const CTX_STATES_MAX: usize = 1 << 20;
 pub(crate) struct CtxDfa {
     /// Byte -> class.
     class: [u8; 256],
-    /// Number of classes (row stride).
-    stride: usize,
     /// `trans[state + class]` = next state; states are premultiplied by `stride`.
     trans: Vec<u32>,
     /// Premultiplied start state.
     start: u32,
     /// States below this (premultiplied) are special: dead (0) or match states.
     special_below: u32,
-    /// For each special state (index = state / stride): `Some((pattern, pattern_len))` for a match
-    /// state, `None` for the dead state.
+    /// Indexed by a special (premultiplied) state: `Some((pattern, pattern_len))` for a match
+    /// state, `None` for the dead state and the unused slots between rows.
     matches: Vec<Option<(usize, usize)>>,
+}
+
+fn set_id(ids: &mut Vec<Option<usize>>, sid: StateID, i: usize) {
+    let k = sid.as_usize();
+    if ids.len() <= k {
+        ids.resize(k + 1, None);
+    }
+    ids[k] = Some(i);
 }
 
 impl CtxDfa {
@@ -59,10 +65,13 @@ impl CtxDfa {
         let start = dfa
             .start_state(Anchored::No)
             .map_err(|e| err(e.to_string()))?;
-        // reachable states, in discovery order
-        let mut ids: HashMap<usize, usize> = HashMap::new();
+        // reachable states, in discovery order; `ids[sid]` = discovery index (DFA state ids are
+        // premultiplied offsets into its transition table, so the map stays small)
+        let mut ids: Vec<Option<usize>> = Vec::new();
+        let index_of =
+            |ids: &Vec<Option<usize>>, sid: StateID| ids.get(sid.as_usize()).copied().flatten();
         let mut order = vec![start];
-        ids.insert(start.as_usize(), 0);
+        set_id(&mut ids, start, 0);
         let mut k = 0;
         while k < order.len() {
             let sid = order[k];
@@ -72,18 +81,19 @@ impl CtxDfa {
             }
             for b in 0..=255u8 {
                 let nx = dfa.next_state(Anchored::No, sid, b);
-                if !ids.contains_key(&nx.as_usize()) {
+                if index_of(&ids, nx).is_none() {
                     if order.len() >= CTX_STATES_MAX {
                         return Err(err("too many context words".into()));
                     }
-                    ids.insert(nx.as_usize(), order.len());
+                    set_id(&mut ids, nx, order.len());
                     order.push(nx);
                 }
             }
         }
-        // byte classes: identical columns share a class
+        // byte classes: bytes whose columns (next state from every state) are identical
         let mut class = [0u8; 256];
-        let mut columns: Vec<Vec<usize>> = Vec::new();
+        let mut reps: Vec<u8> = Vec::new(); // one representative byte per class
+        let mut by_column: HashMap<Vec<usize>, u8> = HashMap::new();
         for b in 0..=255u8 {
             let col: Vec<usize> = order
                 .iter()
@@ -95,17 +105,17 @@ impl CtxDfa {
                     }
                 })
                 .collect();
-            let c = match columns.iter().position(|x| *x == col) {
-                Some(c) => c,
-                None => {
-                    columns.push(col);
-                    columns.len() - 1
-                }
-            };
-            class[usize::from(b)] =
-                u8::try_from(c).map_err(|_| err("more than 256 byte classes".into()))?;
+            let next = reps.len();
+            let c = *by_column.entry(col).or_insert_with(|| {
+                reps.push(b);
+                next as u8
+            });
+            if reps.len() > 256 {
+                return Err(err("more than 256 byte classes".into()));
+            }
+            class[usize::from(b)] = c;
         }
-        let stride = columns.len();
+        let stride = reps.len();
         // renumber: dead first, then match states, then the rest
         let is_special = |s| dfa.is_dead(s) || dfa.is_match(s);
         let mut renum = vec![0usize; order.len()];
@@ -133,46 +143,44 @@ impl CtxDfa {
             u32::try_from(i * stride).map_err(|_| err("context automaton too large".into()))
         };
         let mut trans = vec![0u32; states * stride];
+        let mut by_state = vec![None; special * stride];
+        for (i, m) in matches.into_iter().enumerate() {
+            by_state[i * stride] = m;
+        }
         for (i, &s) in order.iter().enumerate() {
             if dfa.is_dead(s) {
                 continue; // row 0 stays all-dead
             }
             let row = renum[i] * stride;
-            for b in 0..=255u8 {
+            for (c, &b) in reps.iter().enumerate() {
                 let nx = dfa.next_state(Anchored::No, s, b);
-                let j = ids
-                    .get(&nx.as_usize())
-                    .copied()
-                    .ok_or_else(|| err("unreachable state".into()))?;
-                trans[row + usize::from(class[usize::from(b)])] = pm(renum[j])?;
+                let j = index_of(&ids, nx).ok_or_else(|| err("unreachable state".into()))?;
+                trans[row + c] = pm(renum[j])?;
             }
         }
         Ok(CtxDfa {
             class,
-            stride,
             trans,
             start: pm(renum[0])?,
             special_below: pm(special)?,
-            matches,
+            matches: by_state,
         })
     }
 
     /// The next leftmost-longest, non-overlapping match in `hay[at..]`:
     /// `(pattern, start, end)`. Iterate by passing the previous `end` as `at`.
     #[inline]
-    pub(crate) fn next_match(&self, hay: &[u8], mut at: usize) -> Option<(usize, usize, usize)> {
-        let mut s = self.start;
+    pub(crate) fn next_match(&self, hay: &[u8], at: usize) -> Option<(usize, usize, usize)> {
+        let mut s = self.start as usize;
         let mut mat = None;
-        while let Some(&b) = hay.get(at) {
-            at += 1;
+        for (k, &b) in hay.get(at..)?.iter().enumerate() {
             s = self
                 .trans
-                .get(s as usize + usize::from(self.class[usize::from(b)]))
-                .copied()
-                .unwrap_or(0);
-            if s < self.special_below {
-                match self.matches.get(s as usize / self.stride) {
-                    Some(Some((pid, len))) => mat = Some((*pid, at - len, at)),
+                .get(s + usize::from(self.class[usize::from(b)]))
+                .map_or(0, |&x| x as usize);
+            if s < self.special_below as usize {
+                match self.matches.get(s) {
+                    Some(Some((pid, len))) => mat = Some((*pid, at + k + 1 - len, at + k + 1)),
                     _ => break, // dead
                 }
             }
@@ -190,24 +198,68 @@ mod tests {
     /// prefixes, case variants and separators.
     #[test]
     fn same_matches_as_aho_corasick() {
+        // the built-in words (engine.rs) plus overlapping ones
         let words: Vec<String> = [
             "ssn",
             "ssns",
             "social security",
             "social sec",
             "ss#",
-            "ip",
-            "ip address",
-            "v",
-            "ver",
-            "version",
-            "po",
-            "text me",
+            "soc sec",
+            "tax id",
+            "taxpayer",
+            "tin",
+            "card",
+            "cc",
+            "credit",
+            "debit",
+            "visa",
+            "mastercard",
+            "amex",
+            "payment",
+            "pan",
+            "cardholder",
+            "phone",
+            "call",
             "tel",
             "telephone",
-            "cc",
-            "card",
-            "cardholder",
+            "mobile",
+            "cell",
+            "fax",
+            "contact",
+            "sms",
+            "text me",
+            "reach",
+            "ip",
+            "ip address",
+            "host",
+            "server",
+            "client",
+            "addr",
+            "ipv4",
+            "iban",
+            "account",
+            "bank",
+            "transfer",
+            "order",
+            "invoice",
+            "version",
+            "ver",
+            "build",
+            "release",
+            "tracking",
+            "sku",
+            "isbn",
+            "timestamp",
+            "epoch",
+            "ticket",
+            "part",
+            "model",
+            "serial",
+            "po",
+            "batch",
+            "lot",
+            "v",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -258,7 +310,7 @@ mod tests {
         let mut hay = String::new();
         for _ in 0..20_000 {
             hay.clear();
-            for _ in 0..next() % 12 {
+            for _ in 0..next() % 24 {
                 hay.push_str(pieces[(next() % pieces.len() as u64) as usize]);
             }
             let want: Vec<(usize, usize, usize)> = ac

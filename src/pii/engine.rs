@@ -633,8 +633,18 @@ impl Engine {
             return;
         }
         let t = text.as_bytes();
-        self.scan_numeric(t, out);
-        self.scan_literals(text, out);
+        // secret prefixes are merged into the numeric pass by start, so the default candidate
+        // list comes out sorted and overlap resolution skips its sort
+        let mut lits = Literals {
+            iter: d.lit_ac.as_ref().map(|ac| ac.find_iter(t)),
+            lits: &d.lits,
+            t,
+            claimed: 0,
+            next: None,
+        };
+        self.scan_numeric(t, out, &mut lits);
+        lits.flush(usize::MAX, out);
+        self.scan_anchors(text, out);
         if let Some(ac) = &d.dict_ac {
             for m in ac.find_iter(t) {
                 let (s, e) = (m.start(), m.end());
@@ -662,17 +672,17 @@ impl Engine {
                 }
             }
         }
-        if min_start > 0 {
-            out.retain(|f| f.start >= min_start);
-        }
+        // start filter, context, threshold: one pass
+        out.retain_mut(|f| {
+            if f.start < min_start {
+                return false;
+            }
+            self.apply_context(t, f);
+            f.confidence >= d.threshold
+        });
         if out.is_empty() {
             return;
         }
-        // context + threshold
-        for f in out.iter_mut() {
-            self.apply_context(t, f);
-        }
-        out.retain(|f| f.confidence >= d.threshold);
         resolve_overlaps(out);
     }
 
@@ -680,7 +690,7 @@ impl Engine {
         self.det.builtin[slot(e)]
     }
 
-    fn scan_numeric(&self, t: &[u8], out: &mut Vec<Finding>) {
+    fn scan_numeric(&self, t: &[u8], out: &mut Vec<Finding>, lits: &mut Literals<'_>) {
         const CHUNK_BYTES: usize = 32;
         let want_digits = [
             Entity::Ssn,
@@ -727,6 +737,7 @@ impl Engine {
             if i >= n {
                 break;
             }
+            lits.flush(i, out);
             let b = t[i];
             if b.is_ascii_digit() {
                 if want_digits && (i == 0 || !t[i - 1].is_ascii_digit()) {
@@ -746,12 +757,15 @@ impl Engine {
             } else if b == b'@' && want_at {
                 match v::email(t, i) {
                     Some((s, e, c)) => {
-                        out.push(Finding {
-                            entity: Entity::Email,
-                            start: s,
-                            end: e,
-                            confidence: c,
-                        });
+                        push_sorted(
+                            out,
+                            Finding {
+                                entity: Entity::Email,
+                                start: s,
+                                end: e,
+                                confidence: c,
+                            },
+                        );
                         i = e;
                     }
                     None => i += 1,
@@ -759,12 +773,15 @@ impl Engine {
             } else if b == b':' && want_colon {
                 match v::ipv6(t, i) {
                     Some((s, e, c)) => {
-                        out.push(Finding {
-                            entity: Entity::IpAddress,
-                            start: s,
-                            end: e,
-                            confidence: c,
-                        });
+                        push_sorted(
+                            out,
+                            Finding {
+                                entity: Entity::IpAddress,
+                                start: s,
+                                end: e,
+                                confidence: c,
+                            },
+                        );
                         i = e.max(i + 1);
                     }
                     None => i += 1,
@@ -786,12 +803,15 @@ impl Engine {
                 && (i < 3 || !v::is_word(t[i - 3]));
             if iban_shape && self.on(Entity::Iban) {
                 if let Some((end, c)) = v::iban(t, i - 2) {
-                    out.push(Finding {
-                        entity: Entity::Iban,
-                        start: i - 2,
-                        end,
-                        confidence: c,
-                    });
+                    push_sorted(
+                        out,
+                        Finding {
+                            entity: Entity::Iban,
+                            start: i - 2,
+                            end,
+                            confidence: c,
+                        },
+                    );
                     far = end;
                 }
             }
@@ -806,12 +826,15 @@ impl Engine {
         let grouped = |seps: &[u8]| seps.contains(&sep) && digit_after_sep;
         let mut push = |e: Entity, s: usize, r: Option<(usize, f32)>, out: &mut Vec<Finding>| {
             if let Some((end, c)) = r {
-                out.push(Finding {
-                    entity: e,
-                    start: s,
-                    end,
-                    confidence: c,
-                });
+                push_sorted(
+                    out,
+                    Finding {
+                        entity: e,
+                        start: s,
+                        end,
+                        confidence: c,
+                    },
+                );
                 far = far.max(end);
             }
         };
@@ -847,35 +870,10 @@ impl Engine {
         far
     }
 
-    fn scan_literals(&self, text: &str, out: &mut Vec<Finding>) {
+    /// Custom patterns with an anchor literal: the regex runs on a bounded window at each hit.
+    fn scan_anchors(&self, text: &str, out: &mut Vec<Finding>) {
         let d = &*self.det;
         let t = text.as_bytes();
-        if let Some(ac) = &d.lit_ac {
-            let mut claimed = 0usize;
-            for m in ac.find_iter(t) {
-                let s = m.start();
-                if s < claimed {
-                    continue;
-                }
-                let (entity, r) = match d.lits[m.pattern().as_usize()] {
-                    Lit::Aws => (Entity::AwsKey, v::aws_key(t, s)),
-                    Lit::Sk => (Entity::ApiKey, v::sk_key(t, s)),
-                    Lit::Github => (Entity::GithubToken, v::github(t, s, 4)),
-                    Lit::GithubPat => (Entity::GithubToken, v::github(t, s, 11)),
-                    Lit::Pem => (Entity::PrivateKey, v::pem(t, s)),
-                    Lit::Jwt => (Entity::Jwt, v::jwt(t, s)),
-                };
-                if let Some((e, c)) = r {
-                    out.push(Finding {
-                        entity,
-                        start: s,
-                        end: e,
-                        confidence: c,
-                    });
-                    claimed = e;
-                }
-            }
-        }
         if let Some(ac) = &d.anchor_ac {
             let anchored: Vec<&CustomRx> = d.custom.iter().filter(|c| c.anchored).collect();
             for m in ac.find_iter(t) {
@@ -943,6 +941,9 @@ impl Engine {
                 } else {
                     neg = true;
                 }
+            }
+            if pos && neg {
+                break; // nothing further can change the score
             }
         }
         if pos {
@@ -1025,6 +1026,87 @@ impl Engine {
         let mut out = String::with_capacity(text.len());
         self.apply(text, &f, &mut out);
         (out, f)
+    }
+}
+
+/// Secret-prefix findings (`AKIA`, `sk-`, `ghp_`, PEM, JWT ...) in start order, pulled lazily so
+/// [`Engine::scan_numeric`] can merge them into its own (start-ordered) candidates.
+/// Overlapping prefix hits inside an accepted secret are skipped (`claimed`).
+struct Literals<'a> {
+    iter: Option<aho_corasick::FindIter<'a, 'a>>,
+    lits: &'a [Lit],
+    t: &'a [u8],
+    claimed: usize,
+    /// The next validated finding, not yet emitted.
+    next: Option<Finding>,
+}
+
+impl Literals<'_> {
+    /// Emit every secret starting at or before `pos` into `out` (kept sorted).
+    #[inline]
+    fn flush(&mut self, pos: usize, out: &mut Vec<Finding>) {
+        loop {
+            if self.next.is_none() {
+                if self.iter.is_none() {
+                    return;
+                }
+                self.next = self.pull();
+            }
+            match self.next {
+                Some(f) if f.start <= pos => {
+                    push_sorted(out, f);
+                    self.next = None;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn pull(&mut self) -> Option<Finding> {
+        let t = self.t;
+        for m in self.iter.as_mut()? {
+            let s = m.start();
+            if s < self.claimed {
+                continue;
+            }
+            let (entity, r) = match self.lits.get(m.pattern().as_usize()) {
+                Some(Lit::Aws) => (Entity::AwsKey, v::aws_key(t, s)),
+                Some(Lit::Sk) => (Entity::ApiKey, v::sk_key(t, s)),
+                Some(Lit::Github) => (Entity::GithubToken, v::github(t, s, 4)),
+                Some(Lit::GithubPat) => (Entity::GithubToken, v::github(t, s, 11)),
+                Some(Lit::Pem) => (Entity::PrivateKey, v::pem(t, s)),
+                Some(Lit::Jwt) => (Entity::Jwt, v::jwt(t, s)),
+                None => continue,
+            };
+            if let Some((e, c)) = r {
+                self.claimed = e;
+                return Some(Finding {
+                    entity,
+                    start: s,
+                    end: e,
+                    confidence: c,
+                });
+            }
+        }
+        self.iter = None; // exhausted: later flushes return at once
+        None
+    }
+}
+
+/// Append `f` keeping `out` sorted by (start, longest first); equal keys keep push order, so the
+/// result equals a stable sort of the pushes. Candidates arrive nearly in order (a validator may
+/// start a few bytes, an email up to its local part, before the event that found it), so the
+/// backward shift is bounded by the candidates in that span.
+#[inline]
+fn push_sorted(out: &mut Vec<Finding>, f: Finding) {
+    out.push(f);
+    let mut k = out.len() - 1;
+    while k > 0
+        && (out[k - 1].start, std::cmp::Reverse(out[k - 1].end))
+            > (f.start, std::cmp::Reverse(f.end))
+    {
+        out.swap(k - 1, k);
+        k -= 1;
     }
 }
 
