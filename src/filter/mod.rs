@@ -414,11 +414,9 @@ impl Chain {
                     ctx.sse_redact = Some(Box::new(pii::SseRedactor::new(Arc::clone(&p.engine))));
                     rewrite = true;
                 }
-            } else if p.engine.responses_enabled() && plain {
-                if json {
-                    ctx.response_hold = Some(Vec::new());
-                    rewrite = true;
-                }
+            } else if p.engine.responses_enabled() && plain && json {
+                ctx.response_hold = Some(Vec::new());
+                rewrite = true;
             }
         }
         rewrite | self.on_response_head_inspect(ctx, r, ctype)

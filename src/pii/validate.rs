@@ -329,7 +329,7 @@ fn luhn_digits(d: &[u8]) -> bool {
         let x = usize::from(b.wrapping_sub(b'0')).min(9);
         sum += if k & 1 == 1 { DOUBLED[x] } else { x as u32 };
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// NANP area code NXX: N in 2-9, not N11, middle digit not 9, not 37X/96X (reserved).
