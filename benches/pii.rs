@@ -11,55 +11,9 @@ use std::sync::Arc;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use sluice::pii::{redact_request, Engine, PiiConfig, StreamRedactor};
 
-const PROSE: &str =
-    "The quarterly review covers revenue growth, customer retention and the roadmap \
-for the next release. Our team discussed how the new onboarding flow reduces friction, why the \
-support backlog shrank, and which experiments should continue. Please summarise the key risks, \
-list open questions for finance, and draft a short note to the leadership group explaining the \
-trade-offs between speed and quality. Keep the tone neutral and avoid jargon where possible. ";
-
-const PII: &[&str] = &[
-    "ssn 123-45-6789",
-    "card 4111 1111 1111 1111",
-    "mail jane.doe@example.com",
-    "call (212) 555-0142",
-    "ip 10.20.30.40",
-    "iban DE89 3704 0044 0532 0130 00",
-    "key AKIAIOSFODNN7EXAMPLE",
-];
-
-fn prose(n: usize) -> String {
-    let mut s = String::with_capacity(n + PROSE.len());
-    while s.len() < n {
-        s.push_str(PROSE);
-    }
-    s.truncate(n);
-    s
-}
-
-fn dense(n: usize) -> String {
-    let mut s = String::with_capacity(n + 128);
-    let mut i = 0;
-    while s.len() < n {
-        s.push_str(PII[i % PII.len()]);
-        s.push_str(", then some words follow here. ");
-        i += 1;
-    }
-    s.truncate(s.floor_char_boundary_compat(n));
-    s
-}
-
-trait Floor {
-    fn floor_char_boundary_compat(&self, i: usize) -> usize;
-}
-impl Floor for String {
-    fn floor_char_boundary_compat(&self, mut i: usize) -> usize {
-        while !self.is_char_boundary(i) {
-            i -= 1;
-        }
-        i
-    }
-}
+#[path = "common/pii_corpus.rs"]
+mod pii_corpus;
+use pii_corpus::{dense, prose};
 
 fn chat_body() -> Vec<u8> {
     let user = format!(

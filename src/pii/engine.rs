@@ -19,6 +19,7 @@ use regex::Regex;
 use sha2::Sha256;
 
 use super::config::{CompressedPolicy, PiiConfig};
+use super::context::CtxDfa;
 use super::entity::{
     Action, Entity, Finding, BUILTIN_ENTITIES, IBAN_BYTES_MAX, IP_BYTES_MAX, PEM_HEADER_BYTES_MAX,
 };
@@ -164,7 +165,8 @@ struct Detector {
     custom: Vec<CustomRx>,
     dict_ac: Option<AhoCorasick>,
     dict_entity: Vec<Entity>,
-    ctx_ac: Option<AhoCorasick>,
+    /// Context words (see [`super::context`] for why not `AhoCorasick::find_iter`).
+    ctx_dfa: Option<CtxDfa>,
     ctx_words: Vec<Vec<CtxWord>>,
     window_bytes: usize,
     threshold: f32,
@@ -440,17 +442,10 @@ impl Engine {
             }
         }
         let ctx_words = meanings;
-        let ctx_ac = if uniq.is_empty() {
+        let ctx_dfa = if uniq.is_empty() {
             None
         } else {
-            Some(
-                AhoCorasickBuilder::new()
-                    .ascii_case_insensitive(true)
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-                    .build(&uniq)
-                    .map_err(|e| cfg_err(format!("context automaton: {e}")))?,
-            )
+            Some(CtxDfa::new(&uniq)?)
         };
         if !(0.0..=1.0).contains(&c.threshold) {
             return Err(cfg_err("context.threshold outside [0,1]"));
@@ -500,7 +495,7 @@ impl Engine {
             custom,
             dict_ac,
             dict_entity,
-            ctx_ac,
+            ctx_dfa,
             ctx_words,
             window_bytes: c.window_bytes,
             threshold: c.threshold,
@@ -638,8 +633,18 @@ impl Engine {
             return;
         }
         let t = text.as_bytes();
-        self.scan_numeric(t, out);
-        self.scan_literals(text, out);
+        // secret prefixes are merged into the numeric pass by start, so the default candidate
+        // list comes out sorted and overlap resolution skips its sort
+        let mut lits = Literals {
+            iter: d.lit_ac.as_ref().map(|ac| ac.find_iter(t)),
+            lits: &d.lits,
+            t,
+            claimed: 0,
+            next: None,
+        };
+        self.scan_numeric(t, out, &mut lits);
+        lits.flush(usize::MAX, out);
+        self.scan_anchors(text, out);
         if let Some(ac) = &d.dict_ac {
             for m in ac.find_iter(t) {
                 let (s, e) = (m.start(), m.end());
@@ -667,17 +672,17 @@ impl Engine {
                 }
             }
         }
-        if min_start > 0 {
-            out.retain(|f| f.start >= min_start);
-        }
+        // start filter, context, threshold: one pass
+        out.retain_mut(|f| {
+            if f.start < min_start {
+                return false;
+            }
+            self.apply_context(t, f);
+            f.confidence >= d.threshold
+        });
         if out.is_empty() {
             return;
         }
-        // context + threshold
-        for f in out.iter_mut() {
-            self.apply_context(t, f);
-        }
-        out.retain(|f| f.confidence >= d.threshold);
         resolve_overlaps(out);
     }
 
@@ -685,7 +690,7 @@ impl Engine {
         self.det.builtin[slot(e)]
     }
 
-    fn scan_numeric(&self, t: &[u8], out: &mut Vec<Finding>) {
+    fn scan_numeric(&self, t: &[u8], out: &mut Vec<Finding>, lits: &mut Literals<'_>) {
         const CHUNK_BYTES: usize = 32;
         let want_digits = [
             Entity::Ssn,
@@ -715,13 +720,24 @@ impl Engine {
                 }
                 i += CHUNK_BYTES;
             }
-            // then byte-wise to the interesting byte (each chunk is tested once per event)
+            // then 8 bytes at a time to the interesting byte, and byte-wise in the tail
+            while i + 8 <= n {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&t[i..i + 8]);
+                let m = interesting_mask(u64::from_le_bytes(w));
+                if m != 0 {
+                    i += (m.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                i += 8;
+            }
             while i < n && !((t[i].wrapping_sub(b'0') < 10) | (t[i] == b'@') | (t[i] == b':')) {
                 i += 1;
             }
             if i >= n {
                 break;
             }
+            lits.flush(i, out);
             let b = t[i];
             if b.is_ascii_digit() {
                 if want_digits && (i == 0 || !t[i - 1].is_ascii_digit()) {
@@ -741,12 +757,15 @@ impl Engine {
             } else if b == b'@' && want_at {
                 match v::email(t, i) {
                     Some((s, e, c)) => {
-                        out.push(Finding {
-                            entity: Entity::Email,
-                            start: s,
-                            end: e,
-                            confidence: c,
-                        });
+                        push_sorted(
+                            out,
+                            Finding {
+                                entity: Entity::Email,
+                                start: s,
+                                end: e,
+                                confidence: c,
+                            },
+                        );
                         i = e;
                     }
                     None => i += 1,
@@ -754,12 +773,15 @@ impl Engine {
             } else if b == b':' && want_colon {
                 match v::ipv6(t, i) {
                     Some((s, e, c)) => {
-                        out.push(Finding {
-                            entity: Entity::IpAddress,
-                            start: s,
-                            end: e,
-                            confidence: c,
-                        });
+                        push_sorted(
+                            out,
+                            Finding {
+                                entity: Entity::IpAddress,
+                                start: s,
+                                end: e,
+                                confidence: c,
+                            },
+                        );
                         i = e.max(i + 1);
                     }
                     None => i += 1,
@@ -781,42 +803,65 @@ impl Engine {
                 && (i < 3 || !v::is_word(t[i - 3]));
             if iban_shape && self.on(Entity::Iban) {
                 if let Some((end, c)) = v::iban(t, i - 2) {
-                    out.push(Finding {
-                        entity: Entity::Iban,
-                        start: i - 2,
-                        end,
-                        confidence: c,
-                    });
+                    push_sorted(
+                        out,
+                        Finding {
+                            entity: Entity::Iban,
+                            start: i - 2,
+                            end,
+                            confidence: c,
+                        },
+                    );
                     far = end;
                 }
             }
             return far;
         }
+        // Classify the run once (length, separator after it) and call only the validators whose
+        // shape can match: each condition below is a necessary condition the validator itself
+        // checks first, so skipping a validator never changes a result.
+        let n = v::digit_run_len(t, i);
+        let sep = t.get(i + n).copied().unwrap_or(0);
+        let digit_after_sep = t.get(i + n + 1).is_some_and(u8::is_ascii_digit);
+        let grouped = |seps: &[u8]| seps.contains(&sep) && digit_after_sep;
         let mut push = |e: Entity, s: usize, r: Option<(usize, f32)>, out: &mut Vec<Finding>| {
             if let Some((end, c)) = r {
-                out.push(Finding {
-                    entity: e,
-                    start: s,
-                    end,
-                    confidence: c,
-                });
+                push_sorted(
+                    out,
+                    Finding {
+                        entity: e,
+                        start: s,
+                        end,
+                        confidence: c,
+                    },
+                );
                 far = far.max(end);
             }
         };
-        if self.on(Entity::Ssn) {
+        // ssn: 9 bare digits or `3<sep>2<sep>4`
+        if self.on(Entity::Ssn) && (n == 9 || (n == 3 && grouped(b"- ."))) {
             push(Entity::Ssn, i, v::ssn(t, i), out);
         }
-        if self.on(Entity::CreditCard) {
+        // card: 13-19 bare digits or groups starting with 4 digits
+        if self.on(Entity::CreditCard) && ((13..=19).contains(&n) || (n == 4 && grouped(b" -"))) {
             push(Entity::CreditCard, i, v::card(t, i), out);
         }
         if self.on(Entity::Phone) {
-            push(Entity::Phone, i, v::nanp(t, i), out);
+            // nanp at a digit: 10 bare digits, a 3-digit area code and a separator, or a `1`
+            // trunk prefix and a separator
+            let nanp_shape = n == 10
+                || (n == 3 && matches!(sep, b' ' | b'-' | b'.'))
+                || (n == 1 && t[i] == b'1' && matches!(sep, b' ' | b'-' | b'.'));
+            if nanp_shape {
+                push(Entity::Phone, i, v::nanp(t, i), out);
+            }
             if i > 0 && matches!(t[i - 1], b'(' | b'+') {
                 push(Entity::Phone, i - 1, v::nanp(t, i - 1), out);
                 push(Entity::Phone, i - 1, v::e164(t, i - 1), out);
             }
         }
-        if self.on(Entity::IpAddress) {
+        // ipv4: a 1-3 digit octet, a dot and a digit
+        if self.on(Entity::IpAddress) && (1..=3).contains(&n) && grouped(b".") {
             push(Entity::IpAddress, i, v::ipv4(t, i), out);
         }
         if self.on(Entity::Iban) && i >= 2 && t[i - 1].is_ascii_uppercase() {
@@ -825,35 +870,10 @@ impl Engine {
         far
     }
 
-    fn scan_literals(&self, text: &str, out: &mut Vec<Finding>) {
+    /// Custom patterns with an anchor literal: the regex runs on a bounded window at each hit.
+    fn scan_anchors(&self, text: &str, out: &mut Vec<Finding>) {
         let d = &*self.det;
         let t = text.as_bytes();
-        if let Some(ac) = &d.lit_ac {
-            let mut claimed = 0usize;
-            for m in ac.find_iter(t) {
-                let s = m.start();
-                if s < claimed {
-                    continue;
-                }
-                let (entity, r) = match d.lits[m.pattern().as_usize()] {
-                    Lit::Aws => (Entity::AwsKey, v::aws_key(t, s)),
-                    Lit::Sk => (Entity::ApiKey, v::sk_key(t, s)),
-                    Lit::Github => (Entity::GithubToken, v::github(t, s, 4)),
-                    Lit::GithubPat => (Entity::GithubToken, v::github(t, s, 11)),
-                    Lit::Pem => (Entity::PrivateKey, v::pem(t, s)),
-                    Lit::Jwt => (Entity::Jwt, v::jwt(t, s)),
-                };
-                if let Some((e, c)) = r {
-                    out.push(Finding {
-                        entity,
-                        start: s,
-                        end: e,
-                        confidence: c,
-                    });
-                    claimed = e;
-                }
-            }
-        }
         if let Some(ac) = &d.anchor_ac {
             let anchored: Vec<&CustomRx> = d.custom.iter().filter(|c| c.anchored).collect();
             for m in ac.find_iter(t) {
@@ -892,7 +912,7 @@ impl Engine {
                 | Entity::Iban
                 | Entity::Custom(_)
         );
-        let Some(ac) = &d.ctx_ac else { return };
+        let Some(dfa) = &d.ctx_dfa else { return };
         if !numeric {
             return;
         }
@@ -904,24 +924,26 @@ impl Engine {
         let ws = f.start.saturating_sub(d.window_bytes);
         let we = (f.end + d.window_bytes).min(t.len());
         let (mut pos, mut neg) = (false, false);
-        for m in ac.find_iter(&t[ws..we]) {
-            let (s, e) = (ws + m.start(), ws + m.end());
+        let win = &t[ws..we];
+        let mut at = 0;
+        while let Some((pid, ms, me)) = dfa.next_match(win, at) {
+            at = me;
+            let (s, e) = (ws + ms, ws + me);
             if (s > 0 && v::is_word(t[s - 1])) || (e < t.len() && v::is_word(t[e])) {
                 continue;
             }
             if s < f.end && e > f.start {
                 continue; // inside the match itself
             }
-            for w in d
-                .ctx_words
-                .get(m.pattern().as_usize())
-                .map_or(&[][..], |v| &v[..])
-            {
+            for w in d.ctx_words.get(pid).map_or(&[][..], |v| &v[..]) {
                 if w.positive {
                     pos |= w.entity == Some(f.entity);
                 } else {
                     neg = true;
                 }
+            }
+            if pos && neg {
+                break; // nothing further can change the score
             }
         }
         if pos {
@@ -1007,9 +1029,118 @@ impl Engine {
     }
 }
 
+/// Secret-prefix findings (`AKIA`, `sk-`, `ghp_`, PEM, JWT ...) in start order, pulled lazily so
+/// [`Engine::scan_numeric`] can merge them into its own (start-ordered) candidates.
+/// Overlapping prefix hits inside an accepted secret are skipped (`claimed`).
+struct Literals<'a> {
+    iter: Option<aho_corasick::FindIter<'a, 'a>>,
+    lits: &'a [Lit],
+    t: &'a [u8],
+    claimed: usize,
+    /// The next validated finding, not yet emitted.
+    next: Option<Finding>,
+}
+
+impl Literals<'_> {
+    /// Emit every secret starting at or before `pos` into `out` (kept sorted).
+    #[inline]
+    fn flush(&mut self, pos: usize, out: &mut Vec<Finding>) {
+        loop {
+            if self.next.is_none() {
+                if self.iter.is_none() {
+                    return;
+                }
+                self.next = self.pull();
+            }
+            match self.next {
+                Some(f) if f.start <= pos => {
+                    push_sorted(out, f);
+                    self.next = None;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn pull(&mut self) -> Option<Finding> {
+        let t = self.t;
+        for m in self.iter.as_mut()? {
+            let s = m.start();
+            if s < self.claimed {
+                continue;
+            }
+            let (entity, r) = match self.lits.get(m.pattern().as_usize()) {
+                Some(Lit::Aws) => (Entity::AwsKey, v::aws_key(t, s)),
+                Some(Lit::Sk) => (Entity::ApiKey, v::sk_key(t, s)),
+                Some(Lit::Github) => (Entity::GithubToken, v::github(t, s, 4)),
+                Some(Lit::GithubPat) => (Entity::GithubToken, v::github(t, s, 11)),
+                Some(Lit::Pem) => (Entity::PrivateKey, v::pem(t, s)),
+                Some(Lit::Jwt) => (Entity::Jwt, v::jwt(t, s)),
+                None => continue,
+            };
+            if let Some((e, c)) = r {
+                self.claimed = e;
+                return Some(Finding {
+                    entity,
+                    start: s,
+                    end: e,
+                    confidence: c,
+                });
+            }
+        }
+        self.iter = None; // exhausted: later flushes return at once
+        None
+    }
+}
+
+/// Append `f` keeping `out` sorted by (start, longest first); equal keys keep push order, so the
+/// result equals a stable sort of the pushes. Candidates arrive nearly in order (a validator may
+/// start a few bytes, an email up to its local part, before the event that found it), so the
+/// backward shift is bounded by the candidates in that span.
+#[inline]
+fn push_sorted(out: &mut Vec<Finding>, f: Finding) {
+    out.push(f);
+    let mut k = out.len() - 1;
+    while k > 0
+        && (out[k - 1].start, std::cmp::Reverse(out[k - 1].end))
+            > (f.start, std::cmp::Reverse(f.end))
+    {
+        out.swap(k - 1, k);
+        k -= 1;
+    }
+}
+
+/// SWAR test of 8 bytes (little-endian word) for the bytes `scan_numeric` stops at: ASCII digits,
+/// `:` (0x30..=0x3a) and `@` (0x40). Returns a word whose byte `k` has its high bit set exactly
+/// when byte `k` is one of them. Every sum stays within its byte (operands are masked to 7 bits),
+/// so no carry crosses into a neighbour and the per-byte answer is exact.
+#[inline]
+fn interesting_mask(x: u64) -> u64 {
+    const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const fn splat(b: u8) -> u64 {
+        0x0101_0101_0101_0101 * b as u64
+    }
+    let ascii = !x & HI;
+    let y = x & LO7;
+    let ge_0 = y + splat(0x80 - b'0');
+    let ge_past_colon = y + splat(0x80 - (b':' + 1));
+    let in_range = ge_0 & !ge_past_colon;
+    let z = y ^ splat(b'@');
+    let is_at = !((z + LO7) | z);
+    (in_range | is_at) & ascii
+}
+
 /// Overlap resolution. Secrets (keys, tokens, PEM, JWT) win over anything they overlap (a token
 /// in `https://ghp_...@github.com` is a token, not an email); among the rest, earliest start then
-/// longest wins. Linear after sorting.
+/// longest wins. Linear after sorting, in place (no allocation).
+///
+/// Rules (one pass over the list sorted by start, longest first): a secret is kept when it starts
+/// at or after the end of the last kept secret; a non-secret is dropped when it overlaps a kept
+/// secret, and otherwise kept when it starts at or after the end of the last kept non-secret.
+/// Kept secrets never overlap each other, so a non-secret can only overlap the last kept secret
+/// before it or the first kept secret after it; `ahead` finds the latter, only reading entries
+/// past the cursor, which the compaction has not overwritten yet.
 fn resolve_overlaps(out: &mut Vec<Finding>) {
     let is_secret = |f: &Finding| {
         matches!(
@@ -1029,51 +1160,37 @@ fn resolve_overlaps(out: &mut Vec<Finding>) {
         // literal pass), which the run-detecting merge sort handles in near-linear time
         out.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
     }
-    let greedy = |v: &mut Vec<Finding>| {
-        let mut last_end = 0;
-        v.retain(|f| {
-            if f.start >= last_end {
-                last_end = f.end;
-                true
-            } else {
-                false
+    let n = out.len();
+    let (mut secret_end, mut other_end) = (0usize, 0usize);
+    // index of the first kept secret after the cursor (valid while `ahead > r`)
+    let mut ahead = 0usize;
+    let mut w = 0usize;
+    for r in 0..n {
+        let f = out[r];
+        let keep = if is_secret(&f) {
+            f.start >= secret_end
+        } else if f.start < secret_end || f.start < other_end {
+            false
+        } else {
+            if ahead <= r {
+                ahead = r + 1;
+                while ahead < n && !(is_secret(&out[ahead]) && out[ahead].start >= secret_end) {
+                    ahead += 1;
+                }
             }
-        });
-    };
-    if !out.iter().any(is_secret) {
-        greedy(out);
-        return;
-    }
-    let (mut secrets, rest): (Vec<Finding>, Vec<Finding>) = out.drain(..).partition(is_secret);
-    greedy(&mut secrets);
-    // drop non-secrets overlapping a kept secret (both lists sorted by start)
-    let mut k = 0;
-    let mut others: Vec<Finding> = Vec::with_capacity(rest.len());
-    for f in rest {
-        while k < secrets.len() && secrets[k].end <= f.start {
-            k += 1;
-        }
-        if k < secrets.len() && secrets[k].start < f.end {
-            continue;
-        }
-        others.push(f);
-    }
-    greedy(&mut others);
-    // linear merge of two start-sorted, mutually non-overlapping lists
-    let (mut a, mut b) = (
-        secrets.into_iter().peekable(),
-        others.into_iter().peekable(),
-    );
-    loop {
-        let take_a = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) => x.start <= y.start,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => break,
+            ahead >= n || out[ahead].start >= f.end
         };
-        let next = if take_a { a.next() } else { b.next() };
-        out.extend(next);
+        if keep {
+            if is_secret(&f) {
+                secret_end = f.end;
+            } else {
+                other_end = f.end;
+            }
+            out[w] = f;
+            w += 1;
+        }
     }
+    out.truncate(w);
 }
 
 /// Normalise a value before hashing so formatting variants pseudonymise identically
@@ -1151,6 +1268,26 @@ mod tests {
         assert_eq!(tags(&e, "123-45-6789 a@example.com").len(), 1);
         let off: PiiConfig = serde_json::from_str(r#"{"enabled":false}"#).expect("cfg");
         assert!(tags(&Engine::new(&off).expect("engine"), "123-45-6789").is_empty());
+    }
+
+    #[test]
+    fn interesting_mask_is_exact_per_byte() {
+        let scalar = |b: u8| b.is_ascii_digit() || b == b':' || b == b'@';
+        for b in 0..=255u8 {
+            for k in 0..8 {
+                // the byte under test at lane k, every other lane a neighbour that is or is not
+                // interesting, so a carry or borrow across lanes would show
+                for fill in [b'a', b'0', 0xff, 0x3f, 0x41, 0x7f, 0x80, 0x2f, 0x3b] {
+                    let mut w = [fill; 8];
+                    w[k] = b;
+                    let m = interesting_mask(u64::from_le_bytes(w));
+                    for (j, &x) in w.iter().enumerate() {
+                        assert_eq!(m >> (8 * j + 7) & 1 == 1, scalar(x), "{w:?} lane {j}");
+                    }
+                    assert_eq!(m & !0x8080_8080_8080_8080, 0);
+                }
+            }
+        }
     }
 
     #[test]

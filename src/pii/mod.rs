@@ -10,6 +10,7 @@
 //! See `docs/pii.md` for entities, config reference, actions and accuracy/bench numbers.
 
 pub mod config;
+mod context;
 mod decode;
 pub mod engine;
 pub mod entity;
