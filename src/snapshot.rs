@@ -129,8 +129,8 @@ pub struct EndpointRt {
 }
 
 impl crate::resilience::balance::Endpoints for [EndpointRt] {
-    fn len(&self) -> usize {
-        <[EndpointRt]>::len(self)
+    fn count(&self) -> usize {
+        self.len()
     }
     fn has_address(&self, i: usize) -> bool {
         !self[i].addrs.load().is_empty()

@@ -82,6 +82,30 @@ pub struct RequestRecord {
     pub access: Option<Box<AccessFields>>,
     /// Model-call facts, when the route inspects model traffic.
     pub gen_ai: Option<Box<crate::filter::GenAiRecord>>,
+    /// Retries, failover and model rewrite (see `route`, `resilience`).
+    pub routing: RoutingRecord,
+}
+
+/// What routing did to one exchange. `upstream` of the record is the upstream that answered.
+#[derive(Debug, Clone)]
+pub struct RoutingRecord {
+    /// The upstream the request started on, when a failover moved it (else `NONE_IDX`).
+    pub failover_from: u16,
+    pub retries: u8,
+    pub failovers: u8,
+    /// The model the upstream was sent, when sluice rewrote it (alias or failover model).
+    pub upstream_model: Option<Arc<str>>,
+}
+
+impl Default for RoutingRecord {
+    fn default() -> Self {
+        RoutingRecord {
+            failover_from: NONE_IDX,
+            retries: 0,
+            failovers: 0,
+            upstream_model: None,
+        }
+    }
 }
 
 /// Strings only collected when the access log is on.

@@ -874,11 +874,19 @@ impl Validator<'_> {
                 }
                 if let Some(m) = &r.matcher.model {
                     if m.is_empty() {
-                        self.err(r.upstream.line, format!("{rf}.match.model"), "must not be empty");
+                        self.err(
+                            r.upstream.line,
+                            format!("{rf}.match.model"),
+                            "must not be empty",
+                        );
                     }
                 }
                 if r.timeouts.connect_ms == Some(0) {
-                    self.err(r.upstream.line, format!("{rf}.timeouts.connect_ms"), "must be > 0");
+                    self.err(
+                        r.upstream.line,
+                        format!("{rf}.timeouts.connect_ms"),
+                        "must be > 0",
+                    );
                 }
                 let view = crate::route::config::RouteView {
                     upstream: &r.upstream,

@@ -33,7 +33,7 @@ pub enum NoPick {
 
 /// What the balancer needs to know about an upstream's endpoints.
 pub trait Endpoints {
-    fn len(&self) -> usize;
+    fn count(&self) -> usize;
     fn has_address(&self, i: usize) -> bool;
     fn health(&self, i: usize) -> &EndpointHealth;
 }
@@ -41,7 +41,7 @@ pub trait Endpoints {
 /// Choose an endpoint. `avoid`: the endpoint that just failed (chosen only if no other can
 /// be). `rand(n)` is uniform in `0..n`.
 pub fn pick(
-    eps: &impl Endpoints,
+    eps: &(impl Endpoints + ?Sized),
     balance: Balance,
     breaker: Option<&BreakerConfig>,
     rr: &Cell<usize>,
@@ -49,7 +49,7 @@ pub fn pick(
     avoid: Option<usize>,
     rand: &mut impl FnMut(usize) -> usize,
 ) -> Result<Pick, NoPick> {
-    let n = eps.len();
+    let n = eps.count();
     if n == 0 {
         return Err(NoPick::NoAddress);
     }
@@ -123,7 +123,7 @@ mod tests {
 
     struct Eps(Vec<(bool, EndpointHealth)>);
     impl Endpoints for Eps {
-        fn len(&self) -> usize {
+        fn count(&self) -> usize {
             self.0.len()
         }
         fn has_address(&self, i: usize) -> bool {

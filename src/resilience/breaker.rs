@@ -309,7 +309,10 @@ mod tests {
         }
         assert!(h.on_result(Some(&c), Admit::Normal, true, t));
         assert_eq!(h.state(t).0, BreakerState::Open);
-        assert_eq!(h.admit(Some(&c), t + 10), Err(Deny::Open { retry_in_ms: 990 }));
+        assert_eq!(
+            h.admit(Some(&c), t + 10),
+            Err(Deny::Open { retry_in_ms: 990 })
+        );
         assert!(!h.available(Some(&c), t + 999));
         // After open_ms: one probe at a time.
         assert!(h.available(Some(&c), t + 1000));

@@ -8,6 +8,7 @@
 //! * [`throttle`]: SRE-book adaptive client-side throttling per upstream.
 //! * [`budget`]: per-route retry budget.
 //! * [`balance`]: endpoint choice (round robin, power of two choices), skipping ejected ones.
+//! * [`plan`]: the attempts of one exchange (retry or failover) and their result reporting.
 //! * [`window`]: the lock-free sliding window they share.
 //!
 //! Why atomics in `Arc`s and not per-core state: a breaker, a throttle and a budget are
@@ -26,6 +27,7 @@ pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod config;
+pub mod plan;
 pub mod throttle;
 pub mod window;
 
@@ -56,7 +58,7 @@ pub fn parse_retry_after_ms(v: &[u8]) -> Option<u64> {
         return Some(n.saturating_mul(1000));
     }
     let f: f64 = s.parse().ok()?;
-    (f.is_finite() && f >= 0.0).then(|| (f * 1000.0) as u64)
+    (f.is_finite() && f >= 0.0).then_some((f * 1000.0) as u64)
 }
 
 #[cfg(test)]

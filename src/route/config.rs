@@ -95,7 +95,10 @@ pub struct RouteView<'a> {
 }
 
 /// Semantic checks: `(line, field suffix, problem)`, relative to the route's field path.
-pub fn validate_route(r: &RouteView<'_>, has_upstream: &dyn Fn(&str) -> bool) -> Vec<(u64, String, String)> {
+pub fn validate_route(
+    r: &RouteView<'_>,
+    has_upstream: &dyn Fn(&str) -> bool,
+) -> Vec<(u64, String, String)> {
     let mut out = Vec::new();
     let line = r.upstream.line;
     if let Some(s) = r.split {
@@ -171,7 +174,11 @@ pub fn validate_route(r: &RouteView<'_>, has_upstream: &dyn Fn(&str) -> bool) ->
             ));
         }
         if rt.budget_percent > 1000 {
-            out.push((line, "retry.budget_percent".into(), "must be 0..=1000".into()));
+            out.push((
+                line,
+                "retry.budget_percent".into(),
+                "must be 0..=1000".into(),
+            ));
         }
     }
     out

@@ -118,6 +118,8 @@ pub struct RoutePolicy {
     /// The body must be read (bounded) before forwarding: to rewrite its model, to replay it
     /// on a retry or failover, or to know whether it asks for a stream (keep-alives).
     pub needs_body: bool,
+    /// Some target of this route may be sent another model than the client asked for.
+    pub rewrites_model: bool,
     pub connect_timeout_ms: Option<u64>,
     pub sse_keepalive_ms: u64,
 }
@@ -162,10 +164,13 @@ impl RoutePolicy {
         let candidates = std::iter::once(primary)
             .chain(split.iter().flat_map(|s| s.arms.iter().map(|a| a.0)))
             .chain(failover.iter().map(|f| f.upstream));
-        let aliased = candidates
-            .into_iter()
-            .any(|u| upstreams.get(u).is_some_and(|u| !u.policy.aliases.is_empty()));
+        let aliased = candidates.into_iter().any(|u| {
+            upstreams
+                .get(u)
+                .is_some_and(|u| !u.policy.aliases.is_empty())
+        });
         let sse_keepalive_ms = r.timeouts.sse_keepalive_ms;
+        let rewrites_model = aliased || failover.iter().any(|f| f.model.is_some());
         let needs_body = r.matcher.model.is_some()
             || aliased
             || !failover.is_empty()
@@ -177,6 +182,7 @@ impl RoutePolicy {
             failover,
             retry,
             needs_body,
+            rewrites_model,
             connect_timeout_ms: r.timeouts.connect_ms,
             sse_keepalive_ms,
         })

@@ -51,11 +51,9 @@ pub fn scan(body: &[u8]) -> Option<BodyFacts> {
         let vs = skip_ws(body, i + 1);
         let ve = skip_value(body, vs)?;
         match key {
-            b"model" => {
-                if body[vs] == b'"' {
-                    f.model = decode_string(&body[vs..ve]);
-                    f.model_spans.push(vs..ve);
-                }
+            b"model" if body[vs] == b'"' => {
+                f.model = decode_string(&body[vs..ve]);
+                f.model_spans.push(vs..ve);
             }
             b"stream" => f.stream = &body[vs..ve] == b"true",
             _ => {}
