@@ -188,8 +188,14 @@ impl<'s> Plan<'s> {
     /// attempt left: the exchange answers with what it has).
     pub fn next(&mut self, rr: &std::cell::Cell<usize>, now_ms: u64) -> Option<(u64, Chosen<'s>)> {
         if let Some(r) = &self.policy.retry {
-            if self.attempts_on_current < r.attempts_max && r.budget.try_retry(now_ms) {
-                if let Ok(c) = self.try_upstream(self.current, self.last_endpoint, rr, now_ms) {
+            if self.attempts_on_current < r.attempts_max {
+                // An endpoint first, then the budget: a retry that cannot be sent (every
+                // endpoint ejected) must not spend it. A dropped guard gives back what it took.
+                let c = self
+                    .try_upstream(self.current, self.last_endpoint, rr, now_ms)
+                    .ok()
+                    .filter(|_| r.budget.try_retry(now_ms));
+                if let Some(c) = c {
                     self.attempts_on_current += 1;
                     self.retries = self.retries.saturating_add(1);
                     let backoff = super::backoff_ms(
@@ -286,5 +292,89 @@ impl<'s> Plan<'s> {
         }
         let m = client_model?;
         self.upstreams[self.current].policy.alias(m).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Snapshot;
+    use std::cell::Cell;
+
+    fn snapshot(extra_route: &str, extra_a: &str) -> Snapshot {
+        let yaml = format!(
+            r#"
+listeners:
+  - name: l
+    bind: 127.0.0.1:1
+    routes:
+      - match: {{ path_prefix: / }}
+        upstream: a
+{extra_route}
+upstreams:
+  a:
+    endpoints: ["127.0.0.1:2", "127.0.0.1:3"]
+{extra_a}
+  b: {{ endpoints: ["127.0.0.1:4"] }}
+  c: {{ endpoints: ["127.0.0.1:5"] }}
+"#
+        );
+        let cfg = crate::config::parse("t.yaml", &yaml).unwrap();
+        Snapshot::build(cfg, 1, None).unwrap()
+    }
+
+    #[test]
+    fn retries_other_endpoint_then_fails_over_in_order() {
+        let s = snapshot(
+            "        retry: { attempts_max: 2, budget_percent: 100 }\n        failover: [ { upstream: b, model: small }, { upstream: c } ]",
+            "",
+        );
+        let route = &s.listeners[0].routes[0];
+        let rr = Cell::new(0);
+        let mut p = Plan::new(&s.upstreams, &route.policy, 0);
+        let mut c = p.first(&rr, 10).unwrap();
+        assert_eq!((c.upstream, c.guard.endpoint), (0, 0));
+        c.guard.report(AttemptResult::Failure, 10);
+        let (_, mut c) = p.next(&rr, 10).unwrap();
+        // The retry avoids the endpoint that failed.
+        assert_eq!((c.upstream, c.guard.endpoint, p.retries), (0, 1, 1));
+        c.guard.report(AttemptResult::Failure, 10);
+        let (backoff, c) = p.next(&rr, 10).unwrap();
+        assert_eq!((c.upstream, backoff, p.failovers), (1, 0, 1));
+        assert_eq!(p.model_for(Some("big")).as_deref(), Some("small"));
+        // Retries apply per upstream: `b` gets its one retry, then `c` takes over.
+        let (_, c) = p.next(&rr, 10).unwrap();
+        assert_eq!((c.upstream, p.retries), (1, 2));
+        let (_, c) = p.next(&rr, 10).unwrap();
+        assert_eq!((c.upstream, p.failovers), (2, 2));
+        assert_eq!(p.model_for(Some("big")), None);
+        let (_, c) = p.next(&rr, 10).unwrap();
+        assert_eq!((c.upstream, p.retries), (2, 3));
+        assert!(p.next(&rr, 10).is_none());
+    }
+
+    #[test]
+    fn cooling_primary_goes_straight_to_failover_and_aliases_apply() {
+        let s = snapshot(
+            "        failover: [ { upstream: b } ]",
+            "    model_aliases: { fast: gpt-4o-mini }",
+        );
+        let route = &s.listeners[0].routes[0];
+        assert!(route.policy.needs_body && route.policy.rewrites_model);
+        let rr = Cell::new(0);
+        let mut p = Plan::new(&s.upstreams, &route.policy, 0);
+        assert_eq!(p.model_for(Some("fast")).as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(p.model_for(Some("other")), None);
+        for ep in &s.upstreams[0].endpoints {
+            ep.health.cool_down(1000, 5);
+        }
+        let c = p.first(&rr, 10).unwrap();
+        assert_eq!((c.upstream, p.failovers), (1, 1));
+        // Nothing left: the primary's reason comes back.
+        let mut p = Plan::new(&s.upstreams, &route.policy, 0);
+        s.upstreams[1].endpoints[0].health.cool_down(1000, 5);
+        let u = p.first(&rr, 10).err().unwrap();
+        assert_eq!((u.upstream, u.reason, u.status), (0, "cooling_down", 429));
+        assert!(u.retry_in_ms <= 995);
     }
 }
