@@ -698,7 +698,11 @@ impl<'a> Exchange<'a> {
                             .await;
                     }
                 }
-                if pol.rewrites_model {
+                // The target may need another model than the body names (an alias, or the
+                // failover target chosen already), and the body is too large to rewrite.
+                if pol.rewrites_model
+                    && (!up.policy.aliases.is_empty() || plan.failover_model.is_some())
+                {
                     self.w.pools.borrow_mut().discard(conn);
                     let e = ProxyError::BodyTooLargeToRoute(limit);
                     return self

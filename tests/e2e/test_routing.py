@@ -198,6 +198,9 @@ def test_alias_rewrites_model_for_the_upstream(mocks, sluice_factory):
     st, h, _ = c.post(raw)
     assert st == 200 and h["x-sluice-upstream"] == "openai/other"
     assert model_requests(m)[-1]["body"].encode() == raw
+    # Too large to rewrite: refused, never sent with the client's alias.
+    st, h, body = c.post(chat_body(model="fast", content="y" * (1100 * 1024)))
+    assert st == 413 and h["x-sluice-error"] == "request_too_large_to_route", body
     time.sleep(0.3)
     line = [json.loads(l) for l in s.log().splitlines() if l.startswith("{") and '"upstream_model"' in l]
     assert line and line[0]["upstream_model"] == "gpt-4o-mini" and line[0]["upstream"] == "openai"
