@@ -19,7 +19,7 @@ results=loadtest/results
 mkdir -p "$results"
 extra=""
 if [ -n "${QUICK:-}" ]; then extra="--rounds 1 --duration 3s --warmup 1s"; fi
-for sc in ${SCENARIOS:-chat-small chat-rate-2000 inspect-rate-2000 chat-sse pii-32k error-mix long-streams}; do
+for sc in ${SCENARIOS:-chat-small chat-rate-2000 inspect-rate-2000 chat-sse pii-4k pii-4k-rate-1000 pii-32k error-mix long-streams}; do
     echo "== $sc" >&2
     sleep 2  # let the previous run's processes release their ports
     # shellcheck disable=SC2086

@@ -26,6 +26,11 @@ if ! "$PY" -c 'import openai, pytest, opentelemetry.proto' 2>/dev/null; then
   step "pip install openai pytest opentelemetry-proto"
   "$PY" -m pip install -q --disable-pip-version-check openai pytest opentelemetry-proto
 fi
+# test_k8s.py: an independent YAML reader and JSON Patch implementation.
+if ! "$PY" -c 'import yaml, jsonpatch' 2>/dev/null; then
+  step "pip install pyyaml jsonpatch"
+  "$PY" -m pip install -q --disable-pip-version-check pyyaml jsonpatch
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -13,6 +13,10 @@
 //! * `GET /healthz`: 200 while the process runs.
 //! * `GET /metrics` (and Istio's `/stats/prometheus`): Prometheus text format.
 //! * `GET /config`: the running configuration as JSON, secrets masked.
+//!
+//! Optional extra listeners (`admin.health_bind`, `admin.prometheus_bind`), the Istio ports
+//! 15021 and 15090, serve one [`Role`] each: the health paths only, or the metrics paths only.
+//! They usually bind the pod IP for the kubelet and Prometheus, so they never serve `/config`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -59,8 +63,34 @@ pub struct Admin {
     pub prometheus: PrometheusHandle,
 }
 
+/// Which paths a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything: `admin.bind`.
+    Admin,
+    /// `/healthz/ready`, `/ready`, `/healthz`: `admin.health_bind` (Istio's 15021).
+    Health,
+    /// `/stats/prometheus`, `/metrics`: `admin.prometheus_bind` (Istio's 15090).
+    Prometheus,
+}
+
+impl Role {
+    fn allows(self, path: &str) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Health => matches!(path, "/healthz/ready" | "/ready" | "/healthz"),
+            Role::Prometheus => matches!(path, "/stats/prometheus" | "/metrics"),
+        }
+    }
+}
+
 /// Serve the admin API on `listener` until the process exits.
 pub fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    serve_role(listener, admin, Role::Admin)
+}
+
+/// Serve the paths of `role` on `listener` until the process exits.
+pub fn serve_role(listener: TcpListener, admin: Arc<Admin>, role: Role) {
     let active = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
@@ -74,7 +104,7 @@ pub fn serve(listener: TcpListener, admin: Arc<Admin>) {
         let spawned = std::thread::Builder::new()
             .name("sluice-admin-conn".into())
             .spawn(move || {
-                let _ = handle(conn, &admin);
+                let _ = handle(conn, &admin, role);
                 active.fetch_sub(1, Ordering::AcqRel);
             });
         if spawned.is_err() {
@@ -83,7 +113,7 @@ pub fn serve(listener: TcpListener, admin: Arc<Admin>) {
     }
 }
 
-fn handle(conn: TcpStream, admin: &Admin) -> std::io::Result<()> {
+fn handle(conn: TcpStream, admin: &Admin, role: Role) -> std::io::Result<()> {
     let t = Some(Duration::from_millis(ADMIN_IO_TIMEOUT_MS));
     conn.set_read_timeout(t)?;
     conn.set_write_timeout(t)?;
@@ -102,7 +132,11 @@ fn handle(conn: TcpStream, admin: &Admin) -> std::io::Result<()> {
     let method = parts.next().unwrap_or("");
     let path = parts.next().unwrap_or("");
     let path = path.split('?').next().unwrap_or("");
-    let (status, ctype, body) = route(admin, method, path);
+    let (status, ctype, body) = if role.allows(path) {
+        route(admin, method, path)
+    } else {
+        (404, "text/plain", b"not found\n".to_vec())
+    };
     let mut conn = conn;
     let head = format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -188,6 +222,21 @@ fn mask_all(v: &mut serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_serve_only_their_paths() {
+        for p in ["/healthz/ready", "/ready", "/healthz"] {
+            assert!(Role::Health.allows(p) && !Role::Prometheus.allows(p), "{p}");
+        }
+        for p in ["/stats/prometheus", "/metrics"] {
+            assert!(Role::Prometheus.allows(p) && !Role::Health.allows(p), "{p}");
+        }
+        for r in [Role::Health, Role::Prometheus] {
+            assert!(!r.allows("/config"));
+            assert!(!r.allows("/"));
+        }
+        assert!(Role::Admin.allows("/config"));
+    }
 
     #[test]
     fn masks_secret_fields_but_not_their_sources() {

@@ -13,13 +13,16 @@
 //! * [`pii`]: PII detection and redaction engine, shared read-only by all cores.
 //! * [`telemetry`]: per-request records batched off the hot path into metrics and access logs.
 //! * [`admin`]: readiness, metrics, running config.
+//! * [`inject`]: Kubernetes sidecar injection (`sluice inject`, `sluice inject-webhook`).
 //! * [`error`]: the error vocabulary shared by every boundary.
 
 pub mod admin;
+pub mod busypoll;
 pub mod config;
 pub mod error;
 pub mod filter;
 pub mod http1;
+pub mod inject;
 pub mod inspect;
 pub mod otel;
 pub mod pii;

@@ -1,4 +1,4 @@
-//! The `sluice` command line: `run`, `check`, `--version`.
+//! The `sluice` command line: `run`, `check`, `inject`, `inject-webhook`, `--version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,45 @@ enum Cmd {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Add the sluice sidecar to Kubernetes manifests, like `istioctl kube-inject`.
+    Inject {
+        /// Manifests (multi-document YAML); `-` reads stdin.
+        #[arg(long = "filename", short = 'f')]
+        file: PathBuf,
+        /// Where to write the result (stdout when absent).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        opts: sluice::inject::OptionsArgs,
+    },
+    /// Serve the mutating admission webhook that injects the sidecar (HTTPS).
+    InjectWebhook {
+        /// Serving certificate chain (PEM); re-read when it changes.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Private key of the certificate (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:9443")]
+        bind: std::net::SocketAddr,
+        /// How often (at most) a TLS handshake checks the certificate files for a rotation.
+        #[arg(long, default_value_t = sluice::inject::webhook::CERT_CHECK_INTERVAL_MS_DEFAULT)]
+        cert_check_interval_ms: u64,
+        #[command(flatten)]
+        opts: sluice::inject::OptionsArgs,
+    },
+    /// Exit once the sidecar answers `/healthz/ready` with 200 (classic sidecar `postStart`).
+    WaitReady {
+        #[arg(long, default_value = "127.0.0.1:15021")]
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value_t = sluice::inject::READY_WAIT_TIMEOUT_MS_DEFAULT)]
+        timeout_ms: u64,
+    },
+    /// Keep the sidecar serving for a while before it gets SIGTERM (classic sidecar `preStop`).
+    DrainDelay {
+        #[arg(long)]
+        ms: u64,
     },
 }
 
@@ -91,6 +130,65 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Inject { file, output, opts } => {
+            let opts = match opts.into_options() {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("sluice inject: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match sluice::inject::manifest::run_cli(&file, output.as_deref(), &opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sluice inject: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::InjectWebhook {
+            cert,
+            key,
+            bind,
+            cert_check_interval_ms,
+            opts,
+        } => {
+            init_logging(&cli.log_format);
+            let opts = match opts.into_options() {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("sluice inject-webhook: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let cfg = sluice::inject::webhook::WebhookConfig {
+                bind,
+                cert,
+                key,
+                cert_check_interval_ms,
+                opts,
+            };
+            match sluice::inject::webhook::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "inject-webhook failed to start");
+                    eprintln!("sluice inject-webhook: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::WaitReady { addr, timeout_ms } => {
+            if sluice::inject::wait::wait_ready(addr, timeout_ms) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("sluice wait-ready: {addr} not ready after {timeout_ms} ms");
+                ExitCode::from(1)
+            }
+        }
+        Cmd::DrainDelay { ms } => {
+            sluice::inject::wait::drain_delay(ms);
+            ExitCode::SUCCESS
+        }
         Cmd::Run { config } => {
             init_logging(&cli.log_format);
             match sluice::server::run(config) {

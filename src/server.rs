@@ -76,6 +76,49 @@ impl crate::error::Classify for StartError {
     }
 }
 
+/// Bind the optional health (Istio 15021) and Prometheus (15090) listeners of `admin`.
+fn bind_extra_admin(
+    admin: &config::AdminConfig,
+) -> Result<Vec<(admin::Role, &'static str, TcpListener)>, StartError> {
+    let mut out = Vec::new();
+    for (role, what, thread, bind) in [
+        (
+            admin::Role::Health,
+            "admin.health_bind",
+            "sluice-health",
+            &admin.health_bind,
+        ),
+        (
+            admin::Role::Prometheus,
+            "admin.prometheus_bind",
+            "sluice-prom",
+            &admin.prometheus_bind,
+        ),
+    ] {
+        let Some(bind) = bind else { continue };
+        let addr: SocketAddr = bind
+            .value
+            .parse()
+            .map_err(|_| StartError::Snapshot(what.into()))?;
+        let l = TcpListener::bind(addr).map_err(|err| {
+            if err.kind() == std::io::ErrorKind::AddrInUse {
+                StartError::PortBusy {
+                    what: what.into(),
+                    addr,
+                }
+            } else {
+                StartError::Bind {
+                    what: what.into(),
+                    addr,
+                    err,
+                }
+            }
+        })?;
+        out.push((role, thread, l));
+    }
+    Ok(out)
+}
+
 /// Bind `addr` without SO_REUSEPORT, to find out whether another process holds it.
 fn probe_port(what: &str, addr: SocketAddr) -> Result<(), StartError> {
     match TcpListener::bind(addr) {
@@ -136,6 +179,15 @@ impl Control {
         }
         if cfg.admin.bind.value != old.config.admin.bind.value {
             tracing::warn!("`admin.bind` changed: takes effect on restart only");
+        }
+        if cfg.admin.health_bind.as_ref().map(|b| &b.value)
+            != old.config.admin.health_bind.as_ref().map(|b| &b.value)
+            || cfg.admin.prometheus_bind.as_ref().map(|b| &b.value)
+                != old.config.admin.prometheus_bind.as_ref().map(|b| &b.value)
+        {
+            tracing::warn!(
+                "`admin.health_bind`/`admin.prometheus_bind` changed: takes effect on restart only"
+            );
         }
         // Precommit: a new listener address must be free before anyone is told about it.
         for l in &cfg.listeners {
@@ -238,6 +290,7 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
     );
 
     let workers = cfg.workers.resolve();
+    let admin_cfg = cfg.admin.clone();
     let admin_addr: SocketAddr = cfg
         .admin
         .bind
@@ -281,6 +334,7 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
             }
         }
     })?;
+    let extra_admin = bind_extra_admin(&admin_cfg)?;
 
     let uring = monoio::utils::detect_uring();
     let driver = if uring { "io_uring" } else { "epoll" };
@@ -337,6 +391,13 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
         shared: shared.clone(),
         prometheus,
     });
+    for (role, name, listener) in extra_admin {
+        let admin = admin.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || admin::serve_role(listener, admin, role))
+            .map_err(|e| StartError::Worker(e.to_string()))?;
+    }
     std::thread::Builder::new()
         .name("sluice-admin".into())
         .spawn(move || admin::serve(admin_listener, admin))

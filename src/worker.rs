@@ -150,6 +150,8 @@ pub struct Worker {
     pub drain: LocalEvent,
     /// Active downstream connections per listener name.
     active: RefCell<HashMap<Arc<str>, u64>>,
+    /// Exchanges waiting on an upstream, and the spinner that busy-polls for them.
+    pub busy: Rc<crate::busypoll::BusyPoll>,
     listeners: RefCell<HashMap<Arc<str>, ListenerTask>>,
 }
 
@@ -175,6 +177,7 @@ impl Worker {
         if g != self.snap_generation.get() {
             let s = self.shared.current.load_full();
             self.snap_generation.set(s.generation);
+            self.busy.set_budget_us(s.config.busy_poll_us);
             *self.snap.borrow_mut() = Rc::new(s);
         }
         self.snap.borrow().clone()
@@ -324,7 +327,10 @@ pub fn run_worker(
             drain: LocalEvent::default(),
             active: RefCell::new(HashMap::new()),
             listeners: RefCell::new(HashMap::new()),
+            busy: Rc::new(crate::busypoll::BusyPoll::default()),
         });
+        w.busy.set_budget_us(snap.config.busy_poll_us);
+        monoio::spawn(w.busy.clone().run());
         if let Err(e) = w.reconcile_listeners(&snap) {
             let _ = ready.send(Err(format!("worker {id}: cannot bind listener: {e}")));
             return;

@@ -48,7 +48,8 @@ pub use body::{
 pub use head::{parse_request, parse_response, RequestHead, ResponseHead};
 pub use write::{
     canonical_reason, finish_head, is_hop_by_hop, is_valid_header_name, is_valid_header_value,
-    write_chunk, write_header, write_last_chunk, write_request_line, write_status_line,
+    write_chunk, write_header, write_header_parsed, write_last_chunk, write_request_line,
+    write_status_line,
 };
 
 use crate::error::{Classify, Side};
@@ -202,8 +203,37 @@ pub enum BodyKind {
 
 /// `tchar` (RFC 9110 §5.6.2): the bytes of a token (method, header name, transfer-coding).
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
+
+/// `tchar` (RFC 9110 §5.6.2) as a table: one load per byte instead of a search of the symbols.
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    t
+};
 
 /// HTAB / SP / VCHAR / obs-text: what may appear in a field value or a chunk extension
 /// (RFC 9110 §5.5). Excludes CR, LF, NUL, other controls and DEL.

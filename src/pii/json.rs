@@ -750,6 +750,111 @@ pub fn rewrite_delta_content(event_json: &[u8], new_content: &str) -> Vec<u8> {
     try_rewrite_delta_content(event_json, new_content).unwrap_or_else(|_| event_json.to_vec())
 }
 
+/// String paths that carry streamed completion text, one lane per choice index: OpenAI chat
+/// (`choices[].delta.content`, also vLLM), legacy completions (`choices[].text`), Anthropic
+/// (`delta.text` of `content_block_delta`) and the Responses API (`delta` of
+/// `response.output_text.delta`).
+const STREAM_PATHS: &[&[Pat]] = &[
+    &[K("choices"), I, K("delta"), K("content")],
+    &[K("choices"), I, K("text")],
+    &[K("choices"), I, K("finish_reason")],
+    &[K("delta"), K("text")],
+    &[K("delta")],
+    &[K("type")],
+];
+
+/// Lanes (choice indexes) a streamed event may address; events for higher indexes are
+/// forwarded unredacted and counted (n > 8 completions in one stream is not a real workload).
+pub const STREAM_LANES_MAX: usize = 8;
+
+/// What one streamed completion event means for stream redaction ([`stream_event_text`]).
+#[derive(Debug, Default, PartialEq)]
+pub struct StreamEventText {
+    /// Choice index the text belongs to (0 for dialects without choices).
+    pub lane: usize,
+    /// The decoded completion text of this event, if it carries any.
+    pub text: Option<String>,
+    /// Raw span (between the quotes) of that text in the event JSON.
+    pub span: Option<(usize, usize)>,
+    /// This event ends the lane's text (a `finish_reason`, or a block/message stop): held text
+    /// must be released before it.
+    pub ends_lane: bool,
+}
+
+/// Parse one streamed event's JSON for [`StreamEventText`]. Errors if it is not valid JSON.
+pub fn stream_event_text(event_json: &[u8]) -> Result<StreamEventText, PiiError> {
+    std::str::from_utf8(event_json).map_err(|e| bad(e.valid_up_to(), "invalid utf-8"))?;
+    let mut out = StreamEventText::default();
+    let mut kind: Option<String> = None;
+    // The Responses API's top-level `delta` string is text only for output_text events;
+    // decided after the parse because key order is free.
+    let mut bare_delta: Option<(usize, usize)> = None;
+    let mut err = None;
+    let on_string = |path: &[Seg], s: &RawStr| -> Result<(), PiiError> {
+        let key = |i: usize| match path.get(i) {
+            Some(Seg::Key(k)) => Some(&**k),
+            _ => None,
+        };
+        let idx = match path.get(1) {
+            Some(Seg::Idx(i)) => *i,
+            _ => 0,
+        };
+        match (path.len(), key(0)) {
+            (1, Some("type")) => {
+                kind = Some(decode_str(event_json, s.start, s.end, None)?);
+            }
+            (1, Some("delta")) => bare_delta = Some((s.start, s.end)),
+            (3, Some("choices")) if key(2) == Some("finish_reason") => {
+                out.lane = idx;
+                out.ends_lane = true;
+            }
+            _ => {
+                if out.span.is_none() {
+                    out.lane = idx;
+                    out.span = Some((s.start, s.end));
+                } else if err.is_none() {
+                    // Two texts in one event (n>1 choices batched): not a stream we rewrite.
+                    err = Some(bad(s.start, "several completion texts in one event"));
+                }
+            }
+        }
+        Ok(())
+    };
+    let mut parser = Parser {
+        b: event_json,
+        pos: 0,
+        path: Vec::new(),
+        pats: STREAM_PATHS,
+        on_string,
+    };
+    parser.value(0)?;
+    parser.ws();
+    if parser.pos != event_json.len() {
+        return Err(bad(parser.pos, "trailing bytes"));
+    }
+    if let Some(e) = err {
+        return Err(e);
+    }
+    match kind.as_deref() {
+        Some("response.output_text.delta") if out.span.is_none() => out.span = bare_delta,
+        Some("content_block_stop" | "message_delta" | "message_stop")
+        | Some("response.output_text.done" | "response.completed") => out.ends_lane = true,
+        _ => {}
+    }
+    if let Some((s, e)) = out.span {
+        out.text = Some(decode_str(event_json, s, e, None)?);
+    }
+    Ok(out)
+}
+
+/// Replace the raw bytes `span` (between the quotes of a string in `event_json`) with `text`,
+/// JSON-escaped, appending the result to `out`.
+pub fn splice_string(out: &mut Vec<u8>, event_json: &[u8], span: (usize, usize), text: &str) {
+    out.extend_from_slice(&event_json[..span.0]);
+    escape_into(out, text);
+    out.extend_from_slice(&event_json[span.1..]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

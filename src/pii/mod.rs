@@ -17,6 +17,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod json;
+pub mod sse;
 pub mod stream;
 pub mod validate;
 
@@ -30,4 +31,5 @@ pub use json::{
     redact_request, redact_response, rewrite_delta_content, try_rewrite_delta_content,
     AuditFinding, RequestOutcome,
 };
+pub use sse::SseRedactor;
 pub use stream::{StreamRedactor, HOLDBACK_CHARS_MAX};

@@ -1216,6 +1216,23 @@ impl<'a> Exchange<'a> {
             }
         };
         let _ = ubuf;
+        // An upstream that cut a redacted stream short: the text its redactor still holds goes
+        // out (redacted) before the client's stream is broken, so no completion byte is lost.
+        if let (Err(e), OutMode::Rewrite, false) = (&outcome, out_mode, head_pending) {
+            if !matches!(e, ProxyError::ClientClosed) {
+                if let Some((chain, ctx)) = fx.as_mut() {
+                    let mut out = std::mem::take(&mut rewritten);
+                    out.clear();
+                    chain.abort_response_rewrite(ctx, &mut out).await;
+                    if !out.is_empty() {
+                        wbuf.clear();
+                        http1::write_chunk(&mut wbuf, &out);
+                        let (_, b) = client.write_all(wbuf).await;
+                        wbuf = b;
+                    }
+                }
+            }
+        }
 
         let mut d = Done {
             status: rhead.status(),
@@ -1576,6 +1593,8 @@ impl<'a> Exchange<'a> {
             deadline = deadline.min(t);
         }
         let limits = self.l.limits;
+        // Busy-poll (when configured) while this exchange waits for the answer.
+        let _spin = self.w.busy.wait_upstream();
         loop {
             if !ubuf.is_empty() {
                 match http1::parse_response(&ubuf, &limits) {
@@ -1810,18 +1829,32 @@ fn request_id(head: &RequestHead) -> String {
             }
         }
     }
-    let a = fastrand::u64(..);
-    let b = fastrand::u64(..);
-    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    uuid_v4(fastrand::u64(..), fastrand::u64(..))
+}
+
+/// An RFC 9562 version-4 UUID in its 36-character text form from 128 random bits. Written by
+/// hand: `format!` with five width specs cost ~2,500 instructions per request (callgrind), a
+/// tenth of a whole pass-through exchange.
+fn uuid_v4(a: u64, b: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let a = (a & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xffff,
-        b >> 48,
-        b & 0xffff_ffff_ffff
-    )
+    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    let mut out = [0u8; 36];
+    let mut o = 0;
+    for (i, word) in [a, b].into_iter().enumerate() {
+        for nib in (0..16).rev() {
+            // Dashes after hex digits 8, 12, 16 and 20 (before 8-4-4-4-12 groups).
+            let pos = i * 16 + (15 - nib);
+            if matches!(pos, 8 | 12 | 16 | 20) {
+                out[o] = b'-';
+                o += 1;
+            }
+            out[o] = HEX[((word >> (nib * 4)) & 0xf) as usize];
+            o += 1;
+        }
+    }
+    // Every byte is ASCII hex or '-'.
+    out.iter().map(|&c| char::from(c)).collect()
 }
 
 fn strip_port(h: &str) -> &str {
@@ -1953,7 +1986,7 @@ fn write_upstream_head(
         if name.eq_ignore_ascii_case("x-request-id") {
             rid_seen = true;
         }
-        http1::write_header(out, name, value);
+        http1::write_header_parsed(out, name, value);
     }
     if head.host().is_none() && host_value.is_none() {
         http1::write_header(out, "host", authority.as_bytes());
@@ -2017,7 +2050,7 @@ fn write_client_head(
             // a filter) has a length the upstream's header no longer describes.
             continue;
         }
-        http1::write_header(out, name, value);
+        http1::write_header_parsed(out, name, value);
     }
     if !via_done {
         http1::write_header(out, "via", VIA);
@@ -2076,6 +2109,29 @@ pub fn write_error_response(out: &mut Vec<u8>, e: &ProxyError, version: Version,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuid_v4_matches_the_formatted_reference() {
+        for (a, b) in [
+            (0u64, 0u64),
+            (u64::MAX, u64::MAX),
+            (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210),
+        ] {
+            let (ra, rb) = (
+                (a & 0xffff_ffff_ffff_0fff) | 0x4000,
+                (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000,
+            );
+            let want = format!(
+                "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                ra >> 32,
+                (ra >> 16) & 0xffff,
+                ra & 0xffff,
+                rb >> 48,
+                rb & 0xffff_ffff_ffff
+            );
+            assert_eq!(uuid_v4(a, b), want);
+        }
+    }
 
     #[test]
     fn format_ip_fits_the_longest_addresses() {

@@ -9,7 +9,7 @@ import time
 import openai
 import pytest
 
-from conftest import chat_body, free_port, http_get, raw_exchange, start_mock
+from conftest import SLUICE_BIN, chat_body, free_port, http_get, raw_exchange, start_mock
 
 
 def post(port, path, body: bytes, headers=None, version="1.1"):
@@ -406,3 +406,19 @@ def test_two_workers_serve(mock, sluice_factory):
     time.sleep(0.3)
     assert s.metric("sluice_requests_total", status="200") == 20
     assert s.metric("sluice_workers") == 2
+
+
+def test_busy_poll_serves_json_and_streams_and_is_validated(mock, sluice_factory, tmp_path):
+    """`busy_poll_us` changes how a worker waits, never what it forwards."""
+    s = sluice_factory(upstream=mock.addr, top_extra="busy_poll_us: 500\n")
+    client = openai.OpenAI(base_url=s.url + "/v1", api_key="sk-test", max_retries=0)
+    for _ in range(20):
+        r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert r.choices[0].message.content
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", stream=True,
+                                                 messages=[{"role": "user", "content": "hi"}]))
+    assert len(chunks) >= 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(s.cfg_path.read_text().replace("busy_poll_us: 500", "busy_poll_us: 999999"))
+    out = subprocess.run([SLUICE_BIN, "check", "--config", str(bad)], capture_output=True, text=True)
+    assert out.returncode != 0 and "busy_poll_us" in out.stderr + out.stdout
