@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 step() { printf '\n=== %s\n' "$*"; }
 
 need_apt=()
-for bin in curl:curl openssl:openssl ss:iproute2 python3:python3 prometheus:prometheus; do
+for bin in curl:curl openssl:openssl ss:iproute2 python3:python3 prometheus:prometheus \
+           iptables:iptables setpriv:util-linux; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 if ((${#need_apt[@]})); then

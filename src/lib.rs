@@ -14,6 +14,9 @@
 //! * [`telemetry`]: per-request records batched off the hot path into metrics and access logs.
 //! * [`admin`]: readiness, metrics, running config.
 //! * [`inject`]: Kubernetes sidecar injection (`sluice inject`, `sluice inject-webhook`).
+//! * [`transparent`]: iptables-redirected connections: original destination, sniffing,
+//!   pass-through.
+//! * [`iptables`]: the `sluice iptables` rules (init container).
 //! * [`error`]: the error vocabulary shared by every boundary.
 
 pub mod admin;
@@ -24,6 +27,7 @@ pub mod filter;
 pub mod http1;
 pub mod inject;
 pub mod inspect;
+pub mod iptables;
 pub mod otel;
 pub mod pii;
 pub mod proxy;
@@ -32,4 +36,5 @@ pub mod route;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod transparent;
 pub mod worker;

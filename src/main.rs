@@ -1,4 +1,5 @@
-//! The `sluice` command line: `run`, `check`, `inject`, `inject-webhook`, `--version`.
+//! The `sluice` command line: `run`, `check`, `iptables`, `inject`, `inject-webhook`,
+//! `--version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +74,9 @@ enum Cmd {
         #[arg(long)]
         ms: u64,
     },
+    /// Install the NAT rules that redirect a pod's traffic through sluice (init container;
+    /// needs NET_ADMIN). Idempotent; see docs/transparent.md.
+    Iptables(sluice::iptables::Args),
 }
 
 fn init_logging(format: &str) {
@@ -113,6 +117,7 @@ static LAZY_ARENA_COMMIT: extern "C" fn() = lazy_arena_commit;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Iptables(a) => sluice::iptables::main(a),
         Cmd::Check { config } => match sluice::config::load(&config) {
             Ok(c) => {
                 println!(

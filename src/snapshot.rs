@@ -73,6 +73,9 @@ pub struct ListenerRt {
     pub routes: Vec<RouteRt>,
     /// Some route matches on the body's `model`: bodies are read before routing.
     pub match_model: bool,
+    /// Explicit or transparent (see `crate::transparent`).
+    pub mode: crate::transparent::ListenerMode,
+    pub transparent: crate::transparent::TransparentConfig,
 }
 
 pub struct RouteRt {
@@ -83,6 +86,7 @@ pub struct RouteRt {
     pub method: Option<String>,
     /// (lower-case name, value)
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Index into `Snapshot::upstreams`, or `transparent::ORIGINAL_DST_IDX`.
     pub upstream: usize,
     pub first_byte_timeout_ms: u64,
     pub body_idle_timeout_ms: u64,
@@ -91,6 +95,11 @@ pub struct RouteRt {
     pub chain: Option<Arc<crate::filter::Chain>>,
     /// Body model match, splits, failover, retries (see `route`).
     pub policy: crate::route::RoutePolicy,
+    /// Transparent listeners: conditions on the original destination.
+    pub destination: Option<crate::transparent::Cidr>,
+    pub destination_port: Option<u16>,
+    /// Transparent listeners: a TLS pass-through route for this server name pattern.
+    pub sni: Option<String>,
 }
 
 pub struct UpstreamRt {
@@ -269,13 +278,16 @@ fn build_listener(
         .value
         .parse()
         .map_err(|_| format!("listener {}: bad bind", l.name.value))?;
-    let routes = l
+    let mut routes = l
         .routes
         .iter()
         .enumerate()
         .map(|(i, r)| build_route(&l.name.value, i, r, index, engine, upstreams))
         .collect::<Result<Vec<_>, _>>()?;
     let match_model = routes.iter().any(|r| r.policy.model.is_some());
+    if l.mode.is_transparent() {
+        routes.push(crate::transparent::passthrough_route(&l.name.value));
+    }
     Ok(ListenerRt {
         name: Arc::from(l.name.value.as_str()),
         addr,
@@ -287,6 +299,8 @@ fn build_listener(
         idle_timeout_ms: l.idle_timeout_ms,
         routes,
         match_model,
+        mode: l.mode,
+        transparent: l.transparent.clone(),
     })
 }
 
@@ -352,9 +366,15 @@ fn build_route(
             fails_closed,
         })
     });
-    let upstream = *index
-        .get(&r.upstream.value)
-        .ok_or_else(|| format!("route {i}: unknown upstream {}", r.upstream.value))?;
+    let upstream = if r.upstream.value == crate::transparent::ORIGINAL_DESTINATION {
+        crate::transparent::ORIGINAL_DST_IDX
+    } else {
+        *index
+            .get(&r.upstream.value)
+            .ok_or_else(|| format!("route {i}: unknown upstream {}", r.upstream.value))?
+    };
+    let (destination, destination_port, sni) = crate::transparent::compile_route_match(&r.matcher)
+        .map_err(|e| format!("route {i}: {e}"))?;
     let name = r.name.clone().unwrap_or_else(|| format!("{listener}-{i}"));
     Ok(RouteRt {
         name: Arc::from(name.as_str()),
@@ -375,6 +395,9 @@ fn build_route(
         chain,
         policy: crate::route::RoutePolicy::build(r, index, upstreams)
             .map_err(|e| format!("route {i}: {e}"))?,
+        destination,
+        destination_port,
+        sni,
     })
 }
 

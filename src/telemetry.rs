@@ -125,6 +125,8 @@ pub struct WorkerGauges {
     pub downstream_active: Vec<(Arc<str>, u64)>,
     /// (upstream name, idle pooled connections, active upstream connections)
     pub upstream_pool: Vec<(Arc<str>, u64, u64)>,
+    /// Transparent listeners' connection counters (absolute, per worker).
+    pub transparent: Option<Box<crate::transparent::Stats>>,
 }
 
 pub enum TelemetryMsg {
@@ -389,6 +391,8 @@ fn names_for<'a>(s: &'a Snapshot, r: &RequestRecord) -> Names<'a> {
         },
         upstream: if r.upstream == NONE_IDX {
             "none"
+        } else if usize::from(r.upstream) == crate::transparent::ORIGINAL_DST_IDX {
+            crate::transparent::ORIGINAL_DESTINATION
         } else {
             s.upstreams
                 .get(r.upstream as usize)
@@ -534,6 +538,9 @@ fn publish_gauges(all: &HashMap<usize, WorkerGauges>) {
     for (u, (idle, active)) in pool {
         metrics::gauge!(names::POOL_IDLE, "upstream" => u.to_string()).set(idle as f64);
         metrics::gauge!(names::UPSTREAM_ACTIVE, "upstream" => u.to_string()).set(active as f64);
+    }
+    if all.values().any(|g| g.transparent.is_some()) {
+        crate::transparent::publish(all.values().filter_map(|g| g.transparent.as_deref()));
     }
 }
 

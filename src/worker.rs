@@ -133,6 +133,7 @@ impl Drop for EventWait<'_> {
 
 struct ListenerTask {
     addr: SocketAddr,
+    mode: crate::transparent::ListenerMode,
     stop: Rc<LocalEvent>,
 }
 
@@ -146,6 +147,8 @@ pub struct Worker {
     snap_generation: Cell<u64>,
     pub pools: RefCell<Pools>,
     pub telemetry: RefCell<LocalTelemetry>,
+    /// Transparent listeners' per-core state: original-destination upstreams, counters.
+    pub transparent: crate::transparent::PerCore,
     /// Fired once when draining starts: idle keep-alive connections close.
     pub drain: LocalEvent,
     /// Active downstream connections per listener name.
@@ -220,6 +223,10 @@ impl Worker {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
             upstream_pool: self.pools.borrow().gauges(),
+            transparent: {
+                let s = self.transparent.stats.borrow();
+                (!s.connections.is_empty()).then(|| Box::new(s.clone()))
+            },
         });
         self.shared.telemetry.try_send(TelemetryMsg::Batch {
             worker: self.id,
@@ -235,7 +242,7 @@ impl Worker {
             let keep = snap
                 .listeners
                 .iter()
-                .any(|l| &l.name == name && l.addr == t.addr);
+                .any(|l| &l.name == name && l.addr == t.addr && l.mode == t.mode);
             if !keep {
                 t.stop.fire();
             }
@@ -255,16 +262,29 @@ impl Worker {
                 l.name.clone(),
                 ListenerTask {
                     addr: l.addr,
+                    mode: l.mode,
                     stop: stop.clone(),
                 },
             );
-            monoio::spawn(accept_loop(self.clone(), l.name.clone(), listener, stop));
+            monoio::spawn(accept_loop(
+                self.clone(),
+                l.name.clone(),
+                listener,
+                stop,
+                l.mode,
+            ));
         }
         Ok(())
     }
 }
 
-async fn accept_loop(w: Rc<Worker>, name: Arc<str>, listener: TcpListener, stop: Rc<LocalEvent>) {
+async fn accept_loop(
+    w: Rc<Worker>,
+    name: Arc<str>,
+    listener: TcpListener,
+    stop: Rc<LocalEvent>,
+    mode: crate::transparent::ListenerMode,
+) {
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => Some(r),
@@ -275,6 +295,16 @@ async fn accept_loop(w: Rc<Worker>, name: Arc<str>, listener: TcpListener, stop:
             Some(Ok((stream, peer))) => {
                 let _ = stream.set_nodelay(true);
                 let guard = w.conn_started(&name);
+                if mode.is_transparent() {
+                    monoio::spawn(crate::transparent::serve(
+                        w.clone(),
+                        name.clone(),
+                        stream,
+                        peer,
+                        guard,
+                    ));
+                    continue;
+                }
                 monoio::spawn(crate::proxy::exchange::serve_connection(
                     w.clone(),
                     name.clone(),
@@ -324,6 +354,7 @@ pub fn run_worker(
             snap: RefCell::new(Rc::new(snap.clone())),
             pools: RefCell::new(Pools::default()),
             telemetry: RefCell::new(LocalTelemetry::new(access_log)),
+            transparent: crate::transparent::PerCore::default(),
             drain: LocalEvent::default(),
             active: RefCell::new(HashMap::new()),
             listeners: RefCell::new(HashMap::new()),
@@ -377,7 +408,13 @@ async fn tick_loop(w: Rc<Worker>) {
         }
         if last_evict.elapsed() >= Duration::from_millis(POOL_EVICT_INTERVAL_MS) {
             last_evict = Instant::now();
-            w.pools.borrow_mut().evict(&snap.upstreams);
+            if w.transparent.has_upstreams() {
+                let mut live = snap.upstreams.clone();
+                live.extend(w.transparent.live_upstreams());
+                w.pools.borrow_mut().evict(&live);
+            } else {
+                w.pools.borrow_mut().evict(&snap.upstreams);
+            }
         }
         if let Some(deadline) = drain_deadline {
             let active = w.active_total();

@@ -460,6 +460,13 @@ pub struct ListenerConfig {
     pub header_timeout_ms: u64,
     #[serde(default = "idle_timeout_ms_default")]
     pub idle_timeout_ms: u64,
+    /// `explicit` (clients address sluice), or a transparent mode for connections redirected
+    /// by iptables (see docs/transparent.md).
+    #[serde(default)]
+    pub mode: crate::transparent::ListenerMode,
+    /// Settings of a transparent listener (sniffing, pass-through); ignored by `explicit`.
+    #[serde(default)]
+    pub transparent: crate::transparent::TransparentConfig,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }
@@ -526,6 +533,18 @@ pub struct RouteMatch {
     /// routing only on listeners where some route matches on it.
     #[serde(default)]
     pub model: Option<String>,
+    /// Transparent listeners: the original destination's address, an IP or a CIDR
+    /// (`10.0.0.0/8`, `fd00::/8`).
+    #[serde(default)]
+    pub destination: Option<Loc<String>>,
+    /// Transparent listeners: the original destination's port.
+    #[serde(default)]
+    pub destination_port: Option<u16>,
+    /// Transparent listeners: makes this a TLS pass-through route, matched on the ClientHello's
+    /// server name (exact, or `*.suffix`). Such a route sees no HTTP, so it takes no path,
+    /// method, header, inspect or PII settings.
+    #[serde(default)]
+    pub sni: Option<Loc<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -844,9 +863,14 @@ impl Validator<'_> {
             if l.idle_timeout_ms == 0 {
                 self.err(l.bind.line, format!("{f}.idle_timeout_ms"), "must be > 0");
             }
+            for (line, field, problem) in crate::transparent::validate_listener(l) {
+                self.err(line, format!("{f}.{field}"), problem);
+            }
             for (j, r) in l.routes.iter().enumerate() {
                 let rf = format!("{f}.routes[{j}]");
-                if !c.upstreams.contains_key(&r.upstream.value) {
+                if r.upstream.value == crate::transparent::ORIGINAL_DESTINATION {
+                    // Reserved name, checked with the listener's mode by `validate_listener`.
+                } else if !c.upstreams.contains_key(&r.upstream.value) {
                     self.err(
                         r.upstream.line,
                         format!("{rf}.upstream"),
@@ -1000,6 +1024,13 @@ impl Validator<'_> {
         }
         for (name, u) in &c.upstreams {
             let f = format!("upstreams.{name}");
+            if name == crate::transparent::ORIGINAL_DESTINATION {
+                self.err(
+                    u.endpoints.line,
+                    f.clone(),
+                    "`original_destination` is reserved for the original destination of a transparent connection",
+                );
+            }
             if u.endpoints.value.is_empty() {
                 self.err(
                     u.endpoints.line,

@@ -54,6 +54,8 @@ pub enum ProxyError {
     /// (keep-alives while waiting for the first token).
     #[error("upstream `{0}` answered {1} after the response stream had started")]
     StatusAfterStreamStart(Arc<str>, u16),
+    #[error("the connection was not redirected to this transparent listener: no original destination to forward to")]
+    NoOriginalDestination,
 }
 
 impl ProxyError {
@@ -75,7 +77,8 @@ impl Classify for ProxyError {
             | HeaderTimeout(_)
             | ClientBodyTimeout(_)
             | ClientClosed
-            | BodyTooLargeToRoute(_) => Side::Downstream,
+            | BodyTooLargeToRoute(_)
+            | NoOriginalDestination => Side::Downstream,
             NoEndpoint(_)
             | ConnectTimeout(..)
             | ConnectFailed(..)
@@ -97,6 +100,8 @@ impl Classify for ProxyError {
         match self {
             BadRequest(e) => e.status(),
             NoRoute { .. } => 404,
+            // The client addressed the transparent port itself.
+            NoOriginalDestination => 421,
             HeaderTimeout(_) | ClientBodyTimeout(_) => 408,
             // Nobody to answer; 499 is what access logs conventionally show.
             ClientClosed => 499,
@@ -118,6 +123,7 @@ impl Classify for ProxyError {
         match self {
             BadRequest(e) => e.code(),
             NoRoute { .. } => "no_route",
+            NoOriginalDestination => "no_original_destination",
             HeaderTimeout(_) => "header_timeout",
             ClientBodyTimeout(_) => "client_body_timeout",
             ClientClosed => "client_closed",

@@ -89,10 +89,24 @@ pub async fn serve_connection(
     listener: Arc<str>,
     stream: TcpStream,
     peer: SocketAddr,
-    _guard: ConnGuard,
+    guard: ConnGuard,
 ) {
-    let mut client = Io::Tcp(stream);
-    let mut rbuf: Vec<u8> = Vec::with_capacity(CLIENT_READ_BYTES_INITIAL);
+    let rbuf = Vec::with_capacity(CLIENT_READ_BYTES_INITIAL);
+    serve_connection_with(w, listener, Io::Tcp(stream), peer, guard, rbuf, None).await
+}
+
+/// [`serve_connection`] for a connection whose first bytes were already read (`rbuf`, by the
+/// transparent listener's sniffer) and whose original destination may be known (`dst`, for
+/// routing by destination and the `original_destination` upstream).
+pub async fn serve_connection_with(
+    w: Rc<Worker>,
+    listener: Arc<str>,
+    mut client: Io,
+    peer: SocketAddr,
+    _guard: ConnGuard,
+    mut rbuf: Vec<u8>,
+    dst: Option<crate::transparent::ConnDst>,
+) {
     let mut wbuf: Vec<u8> = Vec::with_capacity(1024);
     loop {
         let snap = w.snapshot();
@@ -129,6 +143,7 @@ pub async fn serve_connection(
             early_head: Cell::new(false),
             served_by: Cell::new(None),
             routing: RefCell::new(RoutingRecord::default()),
+            dst,
         };
         let (keep, local_reply);
         (keep, local_reply, rbuf, wbuf) = ex.run(&mut client, parsed, rbuf, wbuf).await;
@@ -211,6 +226,8 @@ struct Exchange<'a> {
     served_by: Cell<Option<usize>>,
     /// Retries, failover and the rewritten model, for the record.
     routing: RefCell<RoutingRecord>,
+    /// Transparent listeners: where the connection was going.
+    dst: Option<crate::transparent::ConnDst>,
 }
 
 /// The request body as attempts send it.
@@ -348,13 +365,29 @@ impl<'a> Exchange<'a> {
             }
         }
         let route = self.route(&head, body_model.as_deref());
-        let (ridx, route) = match route {
-            Some(r) => r,
-            None => {
-                let e = ProxyError::NoRoute {
-                    method: head.method_str().to_string(),
-                    path: head.path().chars().take(256).collect(),
-                };
+        let dyn_up;
+        let routed = match route {
+            Some((ridx, r)) if r.upstream == crate::transparent::ORIGINAL_DST_IDX => {
+                match self.dst {
+                    Some(d) => {
+                        dyn_up = self
+                            .w
+                            .transparent
+                            .upstream_for(d.target, &self.l.transparent);
+                        Ok((ridx, r, &dyn_up))
+                    }
+                    None => Err(ProxyError::NoOriginalDestination),
+                }
+            }
+            Some((ridx, r)) => Ok((ridx, r, &self.snap.upstreams[r.upstream])),
+            None => Err(ProxyError::NoRoute {
+                method: head.method_str().to_string(),
+                path: head.path().chars().take(256).collect(),
+            }),
+        };
+        let (ridx, route, up) = match routed {
+            Ok(r) => r,
+            Err(e) => {
                 // The unread body (if any) would be taken for the next request: close.
                 let keep = matches!(head.body_kind(), BodyKind::Empty)
                     && head.keep_alive()
@@ -368,7 +401,7 @@ impl<'a> Exchange<'a> {
                     NONE_IDX,
                     NONE_IDX,
                     Done {
-                        status: 404,
+                        status: e.status(),
                         outcome: Outcome::LocalReply,
                         error: Some(e),
                         bytes_in: 0,
@@ -400,6 +433,9 @@ impl<'a> Exchange<'a> {
         };
         let primary = route.policy.primary(route.upstream, &head);
         let mut plan = Plan::new(&self.snap.upstreams, &route.policy, primary);
+        if route.upstream == crate::transparent::ORIGINAL_DST_IDX {
+            plan = plan.with_dynamic(up);
+        }
         let mut sent_model = None;
         let (done, rbuf, wbuf) = self
             .proxy(
@@ -485,6 +521,9 @@ impl<'a> Exchange<'a> {
         let path = head.path();
         let host = head.host().map(strip_port);
         self.l.routes.iter().enumerate().find(|(_, r)| {
+            if !crate::transparent::http_route_matches(r, self.dst) {
+                return false;
+            }
             if let Some(p) = &r.path_exact {
                 if path_only(path) != p {
                     return false;
@@ -562,7 +601,7 @@ impl<'a> Exchange<'a> {
         let mut chosen = match first {
             Ok(c) => c,
             Err(u) => {
-                let e = unavailable(&self.snap.upstreams[u.upstream], u);
+                let e = unavailable(plan.upstream(u.upstream), u);
                 let body_read = rbuf.is_empty();
                 return self
                     .local_error(client, head, e, rbuf, wbuf, body_read, t_head)

@@ -126,6 +126,8 @@ pub struct Chosen<'s> {
 /// The plan of one exchange.
 pub struct Plan<'s> {
     upstreams: &'s [Arc<UpstreamRt>],
+    /// A transparent listener's original destination (index `transparent::ORIGINAL_DST_IDX`).
+    dynamic: Option<&'s Arc<UpstreamRt>>,
     policy: &'s RoutePolicy,
     /// The upstream the request started on (after the split).
     pub primary: usize,
@@ -144,6 +146,7 @@ impl<'s> Plan<'s> {
     pub fn new(upstreams: &'s [Arc<UpstreamRt>], policy: &'s RoutePolicy, primary: usize) -> Self {
         Plan {
             upstreams,
+            dynamic: None,
             policy,
             primary,
             current: primary,
@@ -161,8 +164,19 @@ impl<'s> Plan<'s> {
         self.policy.connect_timeout_ms
     }
 
+    /// A plan whose primary is a transparent connection's original destination.
+    pub fn with_dynamic(mut self, up: &'s Arc<UpstreamRt>) -> Self {
+        self.dynamic = Some(up);
+        self
+    }
+
+    /// The upstream at an index of the snapshot (or the original destination). Indices come
+    /// from the same snapshot as the upstream list, validated when it was built.
     pub fn upstream(&self, i: usize) -> &'s Arc<UpstreamRt> {
-        &self.upstreams[i]
+        match self.dynamic {
+            Some(d) if i == crate::transparent::ORIGINAL_DST_IDX => d,
+            _ => &self.upstreams[i],
+        }
     }
 
     /// The first attempt: the primary upstream, else the first failover target that can take
@@ -232,7 +246,7 @@ impl<'s> Plan<'s> {
         rr: &std::cell::Cell<usize>,
         now_ms: u64,
     ) -> Result<Chosen<'s>, Unavailable> {
-        let up: &'s UpstreamRt = &self.upstreams[u];
+        let up: &'s UpstreamRt = self.upstream(u);
         let pol = &up.policy;
         if let Some((t, status)) = &pol.throttle {
             if !t.admit(now_ms, fastrand::f64()) {
@@ -291,7 +305,7 @@ impl<'s> Plan<'s> {
             return Some(m.clone());
         }
         let m = client_model?;
-        self.upstreams[self.current].policy.alias(m).cloned()
+        self.upstream(self.current).policy.alias(m).cloned()
     }
 }
 

@@ -160,7 +160,8 @@ impl RoutePolicy {
             backoff_max_ms: c.backoff_max_ms,
             budget: RetryBudget::new(c.budget_percent, c.budget_min_per_s),
         });
-        let primary = find(&r.upstream.value)?;
+        // `original_destination` (transparent listeners) has no index here: no aliases.
+        let primary = index.get(&r.upstream.value).copied().unwrap_or(usize::MAX);
         let candidates = std::iter::once(primary)
             .chain(split.iter().flat_map(|s| s.arms.iter().map(|a| a.0)))
             .chain(failover.iter().map(|f| f.upstream));
