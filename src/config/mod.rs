@@ -610,7 +610,7 @@ pub struct UpstreamConfig {
     /// Per-endpoint circuit breaker (passive health, outlier ejection). Off when absent.
     #[serde(default)]
     pub breaker: Option<crate::resilience::config::BreakerConfig>,
-    /// Longest cool-down a 429's `Retry-After` puts an endpoint in (0 = ignore Retry-After).
+    /// Longest cool-down a 429's `Retry-After` puts an endpoint in (0, the default: off).
     #[serde(default = "crate::resilience::config::retry_after_ms_max_default")]
     pub retry_after_ms_max: u64,
     /// Adaptive client-side throttling (SRE book). Off when absent.

@@ -18,8 +18,10 @@ pub const BREAKER_OPEN_MS_DEFAULT: u64 = 5_000;
 pub const BREAKER_OPEN_MS_MAX_DEFAULT: u64 = 60_000;
 /// Default concurrent probe requests allowed while half-open.
 pub const BREAKER_HALF_OPEN_PROBES_DEFAULT: u32 = 1;
-/// Default longest cool-down a 429's `Retry-After` may impose on an endpoint.
-pub const RETRY_AFTER_MS_MAX_DEFAULT: u64 = 60_000;
+/// Default longest cool-down a 429's `Retry-After` may impose on an endpoint: 0, off. Opt-in
+/// because a provider's 429 is often per API key: where clients bring their own keys, cooling
+/// the endpoint for one client's limit would refuse every other client too.
+pub const RETRY_AFTER_MS_MAX_DEFAULT: u64 = 0;
 /// Default SRE-book throttle multiplier K (requests allowed per accept).
 pub const THROTTLE_K_DEFAULT: f64 = 2.0;
 /// Default adaptive-throttle window.

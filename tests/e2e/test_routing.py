@@ -217,7 +217,7 @@ def test_429_retry_after_cools_down_and_fails_over(mocks, sluice_factory):
             - { upstream: fallback, model: small-model }
         """,
         upstreams=f"""\
-        primary: {{ endpoints: ["{primary.addr}"] }}
+        primary: {{ endpoints: ["{primary.addr}"], retry_after_ms_max: 60000 }}
         fallback: {{ endpoints: ["{fallback.addr}"] }}
         """)
     s = sluice_factory(cfg)
@@ -252,7 +252,7 @@ def test_429_without_failover_answers_429_with_retry_after(mocks, sluice_factory
         - match: { path_prefix: / }
           upstream: m
         """, upstreams=f"""\
-        m: {{ endpoints: ["{m.addr}"] }}
+        m: {{ endpoints: ["{m.addr}"], retry_after_ms_max: 60000 }}
         """)
     s = sluice_factory(cfg)
     set_fault(m, 429, retry_after_s=3)
@@ -264,6 +264,23 @@ def test_429_without_failover_answers_429_with_retry_after(mocks, sluice_factory
     assert 1 <= int(h["retry-after"]) <= 3
     assert json.loads(body)["error"]["type"] == "rate_limit_error"
     assert len(model_requests(m)) == 1
+
+
+def test_retry_after_cooldown_is_opt_in(mocks, sluice_factory):
+    m = mocks()
+    cfg = config(routes="""\
+        - match: { path_prefix: / }
+          upstream: m
+        """, upstreams=f"""\
+        m: {{ endpoints: ["{m.addr}"] }}
+        """)
+    s = sluice_factory(cfg)
+    set_fault(m, 429, retry_after_s=30)
+    c = Client(s.port)
+    for _ in range(3):
+        st, h, _ = c.post(chat_body())
+        assert st == 429 and "x-sluice-error" not in h  # every one is the upstream's own
+    assert len(model_requests(m)) == 3
 
 
 def test_503_storm_opens_breaker_then_half_opens_and_recovers(mocks, sluice_factory):
@@ -450,7 +467,7 @@ def test_openai_sdk_retrying_429s_stays_bounded(mocks, sluice_factory):
           upstream: primary
           retry: { attempts_max: 3, budget_percent: 100 }
         """, upstreams=f"""\
-        primary: {{ endpoints: ["{primary.addr}"] }}
+        primary: {{ endpoints: ["{primary.addr}"], retry_after_ms_max: 60000 }}
         fallback: {{ endpoints: ["{fallback.addr}"] }}
         """)
     s = sluice_factory(cfg)
