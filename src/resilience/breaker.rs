@@ -209,7 +209,6 @@ impl EndpointHealth {
             {
                 self.opens_in_row.store(0, Ordering::Release);
                 self.window.reset();
-                tracing::info!("circuit breaker closed after a successful probe");
             }
             return false;
         }

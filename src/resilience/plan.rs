@@ -86,6 +86,8 @@ impl<'s> AttemptGuard<'s> {
             .on_result(pol.breaker.as_ref(), self.admit, failed, now_ms)
         {
             tracing::warn!(upstream = %self.up.name, endpoint = %ep.authority, "circuit breaker opened");
+        } else if self.admit == Admit::Probe && !failed {
+            tracing::info!(upstream = %self.up.name, endpoint = %ep.authority, "circuit breaker closed after a successful probe");
         }
         if let Some((t, _)) = &pol.throttle {
             t.on_result(now_ms, !failed);
