@@ -6,6 +6,8 @@
 //! * [`server`]: start-up, signals, config watch, reload commit, drain.
 //! * [`worker`]: one pinned monoio runtime per core: listeners, tick, per-core state.
 //! * [`proxy`]: the connection loop and exchanges, upstream pools, TLS origination.
+//! * [`route`]: route matching facts, weighted splits, model aliasing and body model rewrite.
+//! * [`resilience`]: circuit breakers, cool-downs, balancing, retry budgets, adaptive throttling.
 //! * [`http1`]: HTTP/1.1 codec. Pure: no IO, no allocation per body chunk.
 //! * [`inspect`]: SSE/NDJSON splitting and provider dialects (usage, model, stream flag).
 //! * [`pii`]: PII detection and redaction engine, shared read-only by all cores.
@@ -30,6 +32,8 @@ pub mod iptables;
 pub mod otel;
 pub mod pii;
 pub mod proxy;
+pub mod resilience;
+pub mod route;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;

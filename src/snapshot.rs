@@ -71,6 +71,8 @@ pub struct ListenerRt {
     pub header_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub routes: Vec<RouteRt>,
+    /// Some route matches on the body's `model`: bodies are read before routing.
+    pub match_model: bool,
     /// Explicit or transparent (see `crate::transparent`).
     pub mode: crate::transparent::ListenerMode,
     pub transparent: crate::transparent::TransparentConfig,
@@ -93,6 +95,8 @@ pub struct RouteRt {
     pub total_timeout_ms: u64,
     /// The route's filters; `None` = plain proxying, nothing read or inspected.
     pub chain: Option<Arc<crate::filter::Chain>>,
+    /// Body model match, splits, failover, retries (see `route`).
+    pub policy: crate::route::RoutePolicy,
     /// Transparent listeners: conditions on the original destination.
     pub destination: Option<crate::transparent::Cidr>,
     pub destination_port: Option<u16>,
@@ -112,6 +116,8 @@ pub struct UpstreamRt {
     pub pool_idle_max: usize,
     pub pool_idle_timeout_ms: u64,
     pub host_rewrite: HostRewrite,
+    /// Balancing, breaker, cool-down, throttle, model aliases (see `resilience`).
+    pub policy: crate::resilience::UpstreamPolicy,
 }
 
 pub enum HostRewrite {
@@ -131,6 +137,20 @@ pub struct EndpointRt {
     /// Refreshed by the control thread (DNS); read by workers only when they connect.
     pub addrs: ArcSwap<Vec<SocketAddr>>,
     pub is_literal_ip: bool,
+    /// Breaker, cool-down and outstanding requests, shared by all workers.
+    pub health: crate::resilience::breaker::EndpointHealth,
+}
+
+impl crate::resilience::balance::Endpoints for [EndpointRt] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn has_address(&self, i: usize) -> bool {
+        !self[i].addrs.load().is_empty()
+    }
+    fn health(&self, i: usize) -> &crate::resilience::breaker::EndpointHealth {
+        &self[i].health
+    }
 }
 
 impl Snapshot {
@@ -166,7 +186,7 @@ impl Snapshot {
         let listeners = config
             .listeners
             .iter()
-            .map(|l| build_listener(l, &index, engine.as_ref()))
+            .map(|l| build_listener(l, &index, engine.as_ref(), &upstreams))
             .collect::<Result<Vec<_>, _>>()?;
         let mut models = match &config.pricing.file {
             Some(f) => config::load_pricing_file(&f.value)?,
@@ -255,6 +275,7 @@ fn build_listener(
     l: &ListenerConfig,
     index: &HashMap<String, usize>,
     engine: Option<&Arc<crate::pii::Engine>>,
+    upstreams: &[Arc<UpstreamRt>],
 ) -> Result<ListenerRt, String> {
     let addr: SocketAddr = l
         .bind
@@ -265,8 +286,9 @@ fn build_listener(
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| build_route(&l.name.value, i, r, index, engine))
+        .map(|(i, r)| build_route(&l.name.value, i, r, index, engine, upstreams))
         .collect::<Result<Vec<_>, _>>()?;
+    let match_model = routes.iter().any(|r| r.policy.model.is_some());
     if l.mode.is_transparent() {
         routes.push(crate::transparent::passthrough_route(&l.name.value));
     }
@@ -280,6 +302,7 @@ fn build_listener(
         header_timeout_ms: l.header_timeout_ms,
         idle_timeout_ms: l.idle_timeout_ms,
         routes,
+        match_model,
         mode: l.mode,
         transparent: l.transparent.clone(),
         tls: match &l.tls {
@@ -295,6 +318,7 @@ fn build_route(
     r: &RouteConfig,
     index: &HashMap<String, usize>,
     engine: Option<&Arc<crate::pii::Engine>>,
+    upstreams: &[Arc<UpstreamRt>],
 ) -> Result<RouteRt, String> {
     use crate::filter::{Chain, Filter, InspectFilter, PiiFilter};
     let mut filters = Vec::new();
@@ -377,6 +401,8 @@ fn build_route(
         body_idle_timeout_ms: r.timeouts.idle_ms,
         total_timeout_ms: r.timeouts.total_ms,
         chain,
+        policy: crate::route::RoutePolicy::build(r, index, upstreams)
+            .map_err(|e| format!("route {i}: {e}"))?,
         destination,
         destination_port,
         sni,
@@ -405,6 +431,13 @@ fn build_upstream(
         None
     };
     let default_port = if u.tls.enabled { 443 } else { 80 };
+    let policy = crate::resilience::UpstreamPolicy::new(
+        u.balance,
+        u.breaker.clone(),
+        u.retry_after_ms_max,
+        u.throttle.as_ref(),
+        &u.model_aliases,
+    );
     let mut endpoints = Vec::new();
     for ep in &u.endpoints.value {
         let (host, port) =
@@ -442,6 +475,7 @@ fn build_upstream(
             server_name,
             addrs: ArcSwap::from_pointee(addrs),
             is_literal_ip: ip.is_some(),
+            health: crate::resilience::breaker::EndpointHealth::new(policy.window_ms()),
         });
     }
     let host_rewrite = match u.host_rewrite.as_str() {
@@ -458,6 +492,7 @@ fn build_upstream(
         pool_idle_max: u.pool.idle_max,
         pool_idle_timeout_ms: u.pool.idle_timeout_ms,
         host_rewrite,
+        policy,
     })
 }
 

@@ -82,6 +82,30 @@ pub struct RequestRecord {
     pub access: Option<Box<AccessFields>>,
     /// Model-call facts, when the route inspects model traffic.
     pub gen_ai: Option<Box<crate::filter::GenAiRecord>>,
+    /// Retries, failover and model rewrite (see `route`, `resilience`).
+    pub routing: RoutingRecord,
+}
+
+/// What routing did to one exchange. `upstream` of the record is the upstream that answered.
+#[derive(Debug, Clone)]
+pub struct RoutingRecord {
+    /// The upstream the request started on, when a failover moved it (else `NONE_IDX`).
+    pub failover_from: u16,
+    pub retries: u8,
+    pub failovers: u8,
+    /// The model the upstream was sent, when sluice rewrote it (alias or failover model).
+    pub upstream_model: Option<Arc<str>>,
+}
+
+impl Default for RoutingRecord {
+    fn default() -> Self {
+        RoutingRecord {
+            failover_from: NONE_IDX,
+            retries: 0,
+            failovers: 0,
+            upstream_model: None,
+        }
+    }
 }
 
 /// Strings only collected when the access log is on.
@@ -222,6 +246,15 @@ pub mod names {
     pub const GEN_AI_UNINSPECTED_TOTAL: &str = "sluice_gen_ai_uninspected_total";
     pub const GEN_AI_MALFORMED_EVENTS_TOTAL: &str = "sluice_gen_ai_malformed_events_total";
     pub const PII_DETECTIONS_TOTAL: &str = "sluice_pii_detections_total";
+    // Routing and resilience.
+    pub const RETRIES_TOTAL: &str = "sluice_retries_total";
+    pub const FAILOVERS_TOTAL: &str = "sluice_failovers_total";
+    pub const BREAKER_STATE: &str = "sluice_upstream_breaker_state";
+    pub const BREAKER_OPENED_TOTAL: &str = "sluice_upstream_breaker_opened_total";
+    pub const COOLDOWN_SECONDS: &str = "sluice_upstream_cooldown_seconds";
+    pub const COOLDOWNS_TOTAL: &str = "sluice_upstream_cooldowns_total";
+    pub const REJECTED_TOTAL: &str = "sluice_upstream_rejected_total";
+    pub const THROTTLE_PROBABILITY: &str = "sluice_upstream_throttle_probability";
 }
 
 /// Bucket bounds for token-count histograms (the OTel GenAI recommendation: powers of 4).
@@ -322,6 +355,9 @@ fn run(
                 if let Some(g) = g {
                     gauges.insert(worker, g);
                     publish_gauges(&gauges);
+                    if let Some(s) = snapshots.values().max_by_key(|s| s.generation) {
+                        publish_resilience(s);
+                    }
                 }
             }
             TelemetryMsg::Shutdown => break,
@@ -459,6 +495,21 @@ impl Handles {
             metrics::counter!(names::ERRORS_TOTAL, "side" => r.error_side, "code" => r.error_code)
                 .increment(1);
         }
+        if r.routing.retries > 0 {
+            metrics::counter!(names::RETRIES_TOTAL,
+                "route" => n.route.to_string(), "upstream" => n.upstream.to_string())
+            .increment(r.routing.retries as u64);
+        }
+        if r.routing.failover_from != NONE_IDX {
+            let from = s
+                .upstreams
+                .get(r.routing.failover_from as usize)
+                .map(|u| u.name.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            metrics::counter!(names::FAILOVERS_TOTAL,
+                "route" => n.route.to_string(), "from" => from, "to" => n.upstream.to_string())
+            .increment(1);
+        }
         match r.outcome {
             Outcome::DownstreamAbort => {
                 metrics::counter!(names::STREAMS_ABORTED_TOTAL, "side" => "downstream").increment(1)
@@ -493,6 +544,36 @@ fn publish_gauges(all: &HashMap<usize, WorkerGauges>) {
     }
     if all.values().any(|g| g.transparent.is_some()) {
         crate::transparent::publish(all.values().filter_map(|g| g.transparent.as_deref()));
+    }
+}
+
+/// Breaker state, cool-downs, local rejections and throttle probability, read from the
+/// shared atomics of the current snapshot's upstreams (they are the source of truth; workers
+/// send nothing for them).
+fn publish_resilience(s: &Snapshot) {
+    let now = crate::resilience::now_ms();
+    for u in &s.upstreams {
+        let name = u.name.to_string();
+        for ep in &u.endpoints {
+            let (state, cool_ms) = ep.health.state(now);
+            let e = ep.authority.clone();
+            metrics::gauge!(names::BREAKER_STATE, "upstream" => name.clone(), "endpoint" => e.clone())
+                .set(state as u8 as f64);
+            metrics::gauge!(names::COOLDOWN_SECONDS, "upstream" => name.clone(), "endpoint" => e.clone())
+                .set(cool_ms as f64 / 1000.0);
+            metrics::counter!(names::BREAKER_OPENED_TOTAL, "upstream" => name.clone(), "endpoint" => e.clone())
+                .absolute(ep.health.opened_total.load(Ordering::Relaxed));
+            metrics::counter!(names::COOLDOWNS_TOTAL, "upstream" => name.clone(), "endpoint" => e)
+                .absolute(ep.health.cooldowns_total.load(Ordering::Relaxed));
+        }
+        for (reason, n) in u.policy.stats.read() {
+            metrics::counter!(names::REJECTED_TOTAL, "upstream" => name.clone(), "reason" => reason)
+                .absolute(n);
+        }
+        if let Some((t, _)) = &u.policy.throttle {
+            metrics::gauge!(names::THROTTLE_PROBABILITY, "upstream" => name.clone())
+                .set(t.probability(now));
+        }
     }
 }
 
@@ -533,6 +614,19 @@ fn write_access_line(out: &mut Vec<u8>, s: &Snapshot, r: &RequestRecord, a: &Acc
     if !r.error_code.is_empty() {
         out.extend_from_slice(b",\"error\":");
         js(out, r.error_code);
+    }
+    if let Some(m) = &r.routing.upstream_model {
+        out.extend_from_slice(b",\"upstream_model\":");
+        js(out, m);
+    }
+    if r.routing.retries > 0 {
+        let _ = write!(out, ",\"retries\":{}", r.routing.retries);
+    }
+    if r.routing.failover_from != NONE_IDX {
+        if let Some(u) = s.upstreams.get(r.routing.failover_from as usize) {
+            out.extend_from_slice(b",\"failover_from\":");
+            js(out, &u.name);
+        }
     }
     if let Some(g) = &r.gen_ai {
         out.extend_from_slice(b",\"caller\":");

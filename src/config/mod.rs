@@ -510,6 +510,16 @@ pub struct RouteConfig {
     /// route. Others get 403. Needs a listener with `tls.client_ca_file`.
     #[serde(default)]
     pub allow_identities: Option<Loc<Vec<String>>>,
+    /// Weighted split over several upstreams (A/B, canary), optionally sticky on a header.
+    #[serde(default)]
+    pub split: Option<crate::route::config::SplitConfig>,
+    /// Fallback upstreams (and models), tried in order when the chosen upstream is open,
+    /// cooling down, throttled or failing.
+    #[serde(default)]
+    pub failover: Vec<crate::route::config::FailoverTarget>,
+    /// Retries before the first response byte. Off when absent.
+    #[serde(default)]
+    pub retry: Option<crate::route::config::RetryConfig>,
 }
 
 /// All given conditions must hold. An empty match matches every request.
@@ -528,6 +538,10 @@ pub struct RouteMatch {
     /// Header name → exact value.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The `model` named in the JSON request body (exact). The body is read (bounded) before
+    /// routing only on listeners where some route matches on it.
+    #[serde(default)]
+    pub model: Option<String>,
     /// Transparent listeners: the original destination's address, an IP or a CIDR
     /// (`10.0.0.0/8`, `fd00::/8`).
     #[serde(default)]
@@ -552,6 +566,14 @@ pub struct RouteTimeouts {
     /// 0 = no limit on the whole exchange.
     #[serde(default)]
     pub total_ms: u64,
+    /// Overrides the upstream's `connect_timeout_ms` on this route.
+    #[serde(default)]
+    pub connect_ms: Option<u64>,
+    /// While a streaming request waits for its first byte, send the client an SSE comment
+    /// (`: keep-alive`) this often (0 = off). The response head (200, text/event-stream) is
+    /// then sent early; see docs/routing.md for what an upstream error becomes.
+    #[serde(default)]
+    pub sse_keepalive_ms: u64,
 }
 
 fn first_byte_timeout_ms_default() -> u64 {
@@ -567,6 +589,8 @@ impl Default for RouteTimeouts {
             first_byte_ms: FIRST_BYTE_TIMEOUT_MS_DEFAULT,
             idle_ms: BODY_IDLE_TIMEOUT_MS_DEFAULT,
             total_ms: 0,
+            connect_ms: None,
+            sse_keepalive_ms: 0,
         }
     }
 }
@@ -585,6 +609,22 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
     #[serde(default)]
     pub pool: PoolConfig,
+    /// Client model → provider model (the client asks for `fast`, the provider gets
+    /// `gpt-4o-mini`). The body's `model` is rewritten with a new Content-Length.
+    #[serde(default)]
+    pub model_aliases: BTreeMap<String, String>,
+    /// Endpoint choice: `round_robin` or `p2c` (power of two choices on outstanding requests).
+    #[serde(default)]
+    pub balance: crate::resilience::config::Balance,
+    /// Per-endpoint circuit breaker (passive health, outlier ejection). Off when absent.
+    #[serde(default)]
+    pub breaker: Option<crate::resilience::config::BreakerConfig>,
+    /// Longest cool-down a 429's `Retry-After` puts an endpoint in (0, the default: off).
+    #[serde(default = "crate::resilience::config::retry_after_ms_max_default")]
+    pub retry_after_ms_max: u64,
+    /// Adaptive client-side throttling (SRE book). Off when absent.
+    #[serde(default)]
+    pub throttle: Option<crate::resilience::config::ThrottleConfig>,
 }
 
 fn host_rewrite_default() -> String {
@@ -958,6 +998,32 @@ impl Validator<'_> {
                         );
                     }
                 }
+                if let Some(m) = &r.matcher.model {
+                    if m.is_empty() {
+                        self.err(
+                            r.upstream.line,
+                            format!("{rf}.match.model"),
+                            "must not be empty",
+                        );
+                    }
+                }
+                if r.timeouts.connect_ms == Some(0) {
+                    self.err(
+                        r.upstream.line,
+                        format!("{rf}.timeouts.connect_ms"),
+                        "must be > 0",
+                    );
+                }
+                let view = crate::route::config::RouteView {
+                    upstream: &r.upstream,
+                    split: r.split.as_ref(),
+                    failover: &r.failover,
+                    retry: r.retry.as_ref(),
+                };
+                let known = |n: &str| c.upstreams.contains_key(n);
+                for (line, field, problem) in crate::route::config::validate_route(&view, &known) {
+                    self.err(line, format!("{rf}.{field}"), problem);
+                }
                 if r.timeouts.first_byte_ms == 0 || r.timeouts.idle_ms == 0 {
                     self.err(
                         r.upstream.line,
@@ -1114,6 +1180,21 @@ impl Validator<'_> {
                 }
                 if let Err(e) = crate::tls::spiffe::IdentityPattern::parse(id) {
                     self.err(u.endpoints.line, format!("{f}.tls.peer_identities[{k}]"), e);
+                }
+            }
+            for (field, problem) in crate::resilience::config::validate_upstream(
+                u.breaker.as_ref(),
+                u.throttle.as_ref(),
+            ) {
+                self.err(u.endpoints.line, format!("{f}.{field}"), problem);
+            }
+            for (from, to) in &u.model_aliases {
+                if from.is_empty() || to.is_empty() {
+                    self.err(
+                        u.endpoints.line,
+                        format!("{f}.model_aliases"),
+                        "model names must not be empty",
+                    );
                 }
             }
             if u.tls.enabled && !u.tls.system_roots && u.tls.ca_file.is_none() {

@@ -44,10 +44,30 @@ pub enum ProxyError {
     UpstreamAborted(Arc<str>, String),
     #[error("exchange exceeded its total timeout of {0} ms")]
     TotalTimeout(u64),
+    /// No attempt could be made: every endpoint is ejected, cooling down or throttled, and no
+    /// failover target could take the request.
+    #[error("upstream `{0}` is unavailable ({1}); retry in {2} ms")]
+    Unavailable(Arc<str>, &'static str, u64, u16),
+    #[error("request body exceeds the {0}-byte limit within which its model can be rewritten")]
+    BodyTooLargeToRoute(usize),
+    /// The upstream answered an error after sluice had already started an SSE response
+    /// (keep-alives while waiting for the first token).
+    #[error("upstream `{0}` answered {1} after the response stream had started")]
+    StatusAfterStreamStart(Arc<str>, u16),
     #[error("the connection was not redirected to this transparent listener: no original destination to forward to")]
     NoOriginalDestination,
     #[error("caller identity {0} may not call route `{1}`")]
     IdentityNotAllowed(Arc<str>, Arc<str>),
+}
+
+impl ProxyError {
+    /// Seconds for a `Retry-After` header, for errors that say when to come back.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            ProxyError::Unavailable(_, _, ms, _) => Some(ms.div_ceil(1000).max(1)),
+            _ => None,
+        }
+    }
 }
 
 impl Classify for ProxyError {
@@ -59,6 +79,7 @@ impl Classify for ProxyError {
             | HeaderTimeout(_)
             | ClientBodyTimeout(_)
             | ClientClosed
+            | BodyTooLargeToRoute(_)
             | NoOriginalDestination => Side::Downstream,
             | IdentityNotAllowed(..) => Side::Downstream,
             NoEndpoint(_)
@@ -71,7 +92,9 @@ impl Classify for ProxyError {
             | BadResponse(..)
             | UpstreamBodyTimeout(..)
             | UpstreamAborted(..)
-            | TotalTimeout(_) => Side::Upstream,
+            | TotalTimeout(_)
+            | Unavailable(..)
+            | StatusAfterStreamStart(..) => Side::Upstream,
         }
     }
 
@@ -87,6 +110,9 @@ impl Classify for ProxyError {
             // Nobody to answer; 499 is what access logs conventionally show.
             ClientClosed => 499,
             NoEndpoint(_) => 503,
+            Unavailable(_, _, _, status) => *status,
+            BodyTooLargeToRoute(_) => 413,
+            StatusAfterStreamStart(..) => 502,
             ConnectTimeout(..)
             | FirstByteTimeout(..)
             | UpstreamBodyTimeout(..)
@@ -117,6 +143,14 @@ impl Classify for ProxyError {
             UpstreamBodyTimeout(..) => "upstream_body_timeout",
             UpstreamAborted(..) => "upstream_aborted",
             TotalTimeout(_) => "total_timeout",
+            Unavailable(_, reason, ..) => match *reason {
+                "circuit_open" => "upstream_circuit_open",
+                "cooling_down" => "upstream_cooling_down",
+                "throttled" => "upstream_throttled",
+                _ => "no_healthy_upstream",
+            },
+            BodyTooLargeToRoute(_) => "request_too_large_to_route",
+            StatusAfterStreamStart(..) => "upstream_error_after_stream_start",
         }
     }
 }

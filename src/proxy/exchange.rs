@@ -30,6 +30,7 @@
 //! the whole request before answering; a server that answers early still gets its answer
 //! forwarded, because a failed request write is followed by a read of the response.
 
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -43,8 +44,13 @@ use super::upstream::{self, UpConn};
 use crate::error::{write_openai_error, Classify};
 use crate::filter::{self, Chain, ExchangeCtx, GenAiRecord, Reject};
 use crate::http1::{self, BodyDecoder, BodyKind, CodecError, RequestHead, ResponseHead, Version};
+use crate::resilience::{
+    self,
+    plan::{AttemptResult, Chosen, Plan, Unavailable},
+};
+use crate::route;
 use crate::snapshot::{HostRewrite, ListenerRt, RouteRt, Snapshot, UpstreamRt};
-use crate::telemetry::{AccessFields, Outcome, RequestRecord, NONE_IDX};
+use crate::telemetry::{AccessFields, Outcome, RequestRecord, RoutingRecord, NONE_IDX};
 use crate::worker::{ConnGuard, Worker};
 
 /// Initial capacity of a client connection's read buffer. Small, because most of a sidecar's
@@ -69,6 +75,13 @@ pub const LINGER_CLOSE_MS: u64 = 500;
 pub const LINGER_CLOSE_BYTES_MAX: usize = 256 * 1024;
 /// `Via` value added to forwarded requests and responses (RFC 9110 §7.6.3).
 pub const VIA: &[u8] = b"1.1 sluice";
+/// Bound on a request body read for routing (body `model` match, model rewrite, replay on
+/// retry or failover) on a route without filters; with filters, their `body_bytes_max`.
+pub const ROUTE_BODY_BYTES_MAX: usize = crate::config::INSPECT_BODY_BYTES_MAX_DEFAULT;
+/// Longest upstream or model name echoed in `x-sluice-upstream` / `x-sluice-failover`.
+pub const ROUTING_HEADER_NAME_BYTES_MAX: usize = 128;
+/// The SSE comment sent while a streaming request waits for its first token.
+pub const SSE_KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
 /// Serve one client connection until it closes, errors, or the worker drains.
 pub async fn serve_connection(
@@ -145,6 +158,9 @@ pub async fn serve_connection_with(
             peer,
             peer_identity: peer_identity.as_ref(),
             started: Instant::now(),
+            early_head: Cell::new(false),
+            served_by: Cell::new(None),
+            routing: RefCell::new(RoutingRecord::default()),
             dst,
         };
         let (keep, local_reply);
@@ -223,8 +239,85 @@ struct Exchange<'a> {
     /// SPIFFE ID of the verified client certificate (mTLS listeners).
     peer_identity: Option<&'a Arc<str>>,
     started: Instant,
+    /// An SSE response head (and keep-alive comments) went to the client before the
+    /// upstream answered: errors become an SSE error event, never a second head.
+    early_head: Cell<bool>,
+    /// The upstream that answered (or was last tried), when routing moved the request.
+    served_by: Cell<Option<usize>>,
+    /// Retries, failover and the rewritten model, for the record.
+    routing: RefCell<RoutingRecord>,
     /// Transparent listeners: where the connection was going.
     dst: Option<crate::transparent::ConnDst>,
+}
+
+/// The request body as attempts send it.
+enum ReqBody {
+    /// Read whole and decoded (for filters or routing); sent with a Content-Length, its
+    /// `model` rewritten per attempt when the target asks for another.
+    Whole {
+        body: Vec<u8>,
+        /// A filter changed it (Content-Encoding is dropped).
+        changed: bool,
+        facts: Option<route::model::BodyFacts>,
+    },
+    /// Raw wire bytes after the head in the send buffer, from `head_len` on.
+    Raw { head_len: usize },
+}
+
+/// How an upstream's response head counts for its endpoint.
+fn attempt_result(h: &ResponseHead) -> AttemptResult {
+    match h.status() {
+        429 => AttemptResult::RateLimited(
+            h.header("retry-after")
+                .and_then(resilience::parse_retry_after_ms),
+        ),
+        500..=599 => AttemptResult::Failure,
+        _ => AttemptResult::Success,
+    }
+}
+
+/// The error for a request no upstream could take.
+fn unavailable(up: &UpstreamRt, u: Unavailable) -> ProxyError {
+    if u.reason == "no_endpoint" {
+        return ProxyError::NoEndpoint(up.name.clone());
+    }
+    ProxyError::Unavailable(up.name.clone(), u.reason, u.retry_in_ms, u.status)
+}
+
+fn connect_ms(pol: &route::RoutePolicy, up: &UpstreamRt) -> u64 {
+    pol.connect_timeout_ms.unwrap_or(up.connect_timeout_ms)
+}
+
+/// Whether a name may be echoed in a response header (visible ASCII, bounded): model names
+/// come from request bodies and must never inject header lines.
+fn header_safe(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= ROUTING_HEADER_NAME_BYTES_MAX
+        && v.bytes().all(|b| (0x21..0x7f).contains(&b))
+}
+
+/// `x-sluice-upstream: <upstream>[/<model>]` and, after a failover,
+/// `x-sluice-failover: <from>-><to>`.
+fn write_routing_headers(out: &mut Vec<u8>, up: &str, model: Option<&str>, from: Option<&str>) {
+    if !header_safe(up) {
+        return;
+    }
+    let start = out.len();
+    out.extend_from_slice(b"x-sluice-upstream: ");
+    out.extend_from_slice(up.as_bytes());
+    if let Some(m) = model.filter(|m| header_safe(m)) {
+        out.push(b'/');
+        out.extend_from_slice(m.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    if let Some(f) = from.filter(|f| header_safe(f)) {
+        out.extend_from_slice(b"x-sluice-failover: ");
+        out.extend_from_slice(f.as_bytes());
+        out.extend_from_slice(b"->");
+        out.extend_from_slice(up.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    debug_assert!(out[start..].ends_with(b"\r\n"));
 }
 
 /// What happened to the response, for the record and the keep-alive decision.
@@ -246,10 +339,9 @@ impl<'a> Exchange<'a> {
         &self,
         client: &mut Io,
         head: RequestHead,
-        rbuf: Vec<u8>,
-        wbuf: Vec<u8>,
+        mut rbuf: Vec<u8>,
+        mut wbuf: Vec<u8>,
     ) -> (bool, bool, Vec<u8>, Vec<u8>) {
-        let route = self.route(&head);
         let request_id = request_id(&head);
         let access = self.w.telemetry.borrow().access_log.then(|| {
             Box::new(AccessFields {
@@ -264,6 +356,36 @@ impl<'a> Exchange<'a> {
                     .unwrap_or(0),
             })
         });
+        // A listener with a route on the body's `model` reads the body (bounded) before
+        // routing; elsewhere routing looks at the head only.
+        let mut pre: Option<(Buffered, BodyDecoder)> = None;
+        let mut body_model: Option<String> = None;
+        if self.l.match_model && !matches!(head.body_kind(), BodyKind::Empty | BodyKind::Length(0))
+        {
+            match self
+                .read_body_for_routing(client, &head, &mut rbuf, &mut wbuf)
+                .await
+            {
+                Ok((b, d)) => {
+                    if let Buffered::Whole(body, _) = &b {
+                        body_model = route::model::scan(body).and_then(|f| f.model);
+                    }
+                    pre = Some((b, d));
+                }
+                Err(e) => {
+                    let (done, rbuf, wbuf) = if matches!(e, ProxyError::ClientClosed) {
+                        (self.client_gone(0), rbuf, wbuf)
+                    } else {
+                        self.local_error(client, &head, e, rbuf, wbuf, false, self.started)
+                            .await
+                    };
+                    let keep = done.keep_client;
+                    self.record(NONE_IDX, NONE_IDX, done, access, None);
+                    return (keep, true, rbuf, wbuf);
+                }
+            }
+        }
+        let route = self.route(&head, body_model.as_deref());
         let dyn_up;
         let routed = match route {
             None => Err((
@@ -349,9 +471,28 @@ impl<'a> Exchange<'a> {
             (Some(c), Some(x)) => Some((c, x)),
             _ => None,
         };
+        let primary = route.policy.primary(route.upstream, &head);
+        let mut plan = Plan::new(&self.snap.upstreams, &route.policy, primary);
+        if route.upstream == crate::transparent::ORIGINAL_DST_IDX {
+            plan = plan.with_dynamic(up);
+        }
+        let mut sent_model = None;
         let (done, rbuf, wbuf) = self
-            .proxy(client, &head, route, up, &request_id, fx, rbuf, wbuf)
+            .proxy(
+                client,
+                &head,
+                route,
+                &request_id,
+                fx,
+                rbuf,
+                wbuf,
+                &mut plan,
+                &mut sent_model,
+                pre,
+            )
             .await;
+        self.note_routing(&plan, sent_model);
+        drop(plan);
         let gen_ai = match (route.chain.as_deref(), ctx.as_mut()) {
             (Some(c), Some(x)) => {
                 let aborted = matches!(
@@ -368,7 +509,55 @@ impl<'a> Exchange<'a> {
         (keep, local, rbuf, wbuf)
     }
 
-    fn route(&self, head: &RequestHead) -> Option<(usize, &'a RouteRt)> {
+    /// The retries, failover and model of the exchange, for its record.
+    fn note_routing(&self, plan: &Plan<'_>, sent_model: Option<Arc<str>>) {
+        self.served_by.set(Some(plan.current));
+        if plan.retries == 0 && plan.failovers == 0 && sent_model.is_none() {
+            return;
+        }
+        let mut r = self.routing.borrow_mut();
+        r.retries = plan.retries;
+        r.failovers = plan.failovers;
+        if plan.failovers > 0 {
+            r.failover_from = plan.primary as u16;
+        }
+        r.upstream_model = sent_model;
+    }
+
+    /// Read the body before routing (a route of this listener matches on `model`), after a
+    /// 100 Continue if the client waits for one.
+    async fn read_body_for_routing(
+        &self,
+        client: &mut Io,
+        head: &RequestHead,
+        rbuf: &mut Vec<u8>,
+        wbuf: &mut Vec<u8>,
+    ) -> Result<(Buffered, BodyDecoder), ProxyError> {
+        if head.expect_continue() {
+            let mut b = std::mem::take(wbuf);
+            b.clear();
+            http1::write_status_line(&mut b, 100, "", Version::Http11);
+            http1::finish_head(&mut b);
+            let (res, b) = client.write_all(b).await;
+            *wbuf = b;
+            if res.is_err() {
+                return Err(ProxyError::ClientClosed);
+            }
+        }
+        let mut decoder = BodyDecoder::new(head.body_kind());
+        let b = self
+            .read_request_body(
+                client,
+                rbuf,
+                &mut decoder,
+                ROUTE_BODY_BYTES_MAX,
+                crate::config::BODY_IDLE_TIMEOUT_MS_DEFAULT,
+            )
+            .await?;
+        Ok((b, decoder))
+    }
+
+    fn route(&self, head: &RequestHead, model: Option<&str>) -> Option<(usize, &'a RouteRt)> {
         let path = head.path();
         let host = head.host().map(strip_port);
         self.l.routes.iter().enumerate().find(|(_, r)| {
@@ -396,6 +585,11 @@ impl<'a> Exchange<'a> {
                     return false;
                 }
             }
+            if let Some(m) = &r.policy.model {
+                if model != Some(&**m) {
+                    return false;
+                }
+            }
             r.headers
                 .iter()
                 .all(|(n, v)| head.header(n).is_some_and(|x| x == v.as_slice()))
@@ -407,12 +601,14 @@ impl<'a> Exchange<'a> {
         &self,
         client: &mut Io,
         head: &RequestHead,
-        route: &RouteRt,
-        up: &Arc<UpstreamRt>,
+        route: &'a RouteRt,
         request_id: &str,
         mut fx: Option<(&Chain, &mut ExchangeCtx)>,
         mut rbuf: Vec<u8>,
         mut wbuf: Vec<u8>,
+        plan: &mut Plan<'a>,
+        sent_model: &mut Option<Arc<str>>,
+        pre: Option<(Buffered, BodyDecoder)>,
     ) -> (Done, Vec<u8>, Vec<u8>) {
         let client_keep = head.keep_alive() && !self.w.is_draining();
         let total_deadline = (route.total_timeout_ms > 0)
@@ -431,18 +627,62 @@ impl<'a> Exchange<'a> {
             }
         }
 
-        // Connect (or take a pooled connection) before telling the client to send its body:
-        // a 100 Continue for a request we cannot forward would waste the client's upload.
-        let mut conn = match upstream::acquire(&self.w.pools, up, false).await {
+        // Choose where the first attempt goes (split arm; per endpoint the breaker, cool-down
+        // and balancer; the upstream's throttle; a failover target when the primary cannot
+        // take it), then connect (or take a pooled connection) before telling the client to
+        // send its body: a 100 Continue for a request we cannot forward would waste the
+        // client's upload. Connect failures move on to the next attempt at once: nothing was
+        // sent yet.
+        let pol = &route.policy;
+        let first = {
+            let pools = self.w.pools.borrow();
+            plan.first(pools.rr(), resilience::now_ms())
+        };
+        let mut chosen = match first {
             Ok(c) => c,
-            Err(e) => {
+            Err(u) => {
+                let e = unavailable(plan.upstream(u.upstream), u);
                 let body_read = rbuf.is_empty();
                 return self
                     .local_error(client, head, e, rbuf, wbuf, body_read, t_head)
                     .await;
             }
         };
-        if head.expect_continue()
+        let mut up: &Arc<UpstreamRt> = plan.upstream(chosen.upstream);
+        let acquired = upstream::acquire_at(
+            &self.w.pools,
+            up,
+            chosen.guard.endpoint,
+            false,
+            connect_ms(pol, up),
+        )
+        .await;
+        let mut conn = match acquired {
+            Ok(c) => c,
+            Err(e) => {
+                chosen
+                    .guard
+                    .report(AttemptResult::Failure, resilience::now_ms());
+                match self
+                    .switch(plan, &mut chosen, total_deadline, Some(e))
+                    .await
+                {
+                    Ok(c) => {
+                        up = plan.upstream(chosen.upstream);
+                        c
+                    }
+                    Err(e) => {
+                        let e = e.unwrap_or(ProxyError::NoEndpoint(up.name.clone()));
+                        let body_read = rbuf.is_empty();
+                        return self
+                            .local_error(client, head, e, rbuf, wbuf, body_read, t_head)
+                            .await;
+                    }
+                }
+            }
+        };
+        if pre.is_none()
+            && head.expect_continue()
             && !matches!(head.body_kind(), BodyKind::Empty | BodyKind::Length(0))
         {
             wbuf.clear();
@@ -457,198 +697,349 @@ impl<'a> Exchange<'a> {
         }
 
         wbuf.clear();
-        let ep = &up.endpoints[conn.key.endpoint];
         let traceparent = fx
             .as_ref()
             .and_then(|(_, ctx)| ctx.trace.as_ref())
             .map(|t| t.header_value());
         let mut decoder = BodyDecoder::new(head.body_kind());
         let body_done;
+        // What an attempt sends after its head; kept so that another attempt can resend it.
+        let mut req_body: ReqBody;
 
         // Phases 2-3: a filter that needs the body gets it whole (bounded), before anything
-        // is forwarded; otherwise the body streams through as it arrives.
-        let wants_body = match fx.as_ref() {
+        // is forwarded; so does a routing policy that must rewrite or replay it. Otherwise
+        // the body streams through as it arrives.
+        let chain_wants = match fx.as_ref() {
             Some((chain, ctx)) => chain.wants_request_body(ctx, head),
             None => false,
         };
-        if let (true, Some((chain, ctx))) = (wants_body, fx.as_mut()) {
-            let r = self
-                .read_request_body(client, &mut rbuf, &mut decoder, chain.body_bytes_max, route)
-                .await;
-            match r {
-                Ok(Buffered::Whole(mut body, raw_len)) => {
-                    bytes_in += raw_len as u64;
+        let routing_wants = pol.needs_body && !matches!(head.body_kind(), BodyKind::Empty);
+        let limit = fx
+            .as_ref()
+            .map(|(c, _)| c.body_bytes_max)
+            .unwrap_or(ROUTE_BODY_BYTES_MAX);
+        let buffered = match pre {
+            Some((b, d)) => {
+                decoder = d;
+                Some(Ok(b))
+            }
+            None if chain_wants || routing_wants => Some(
+                self.read_request_body(
+                    client,
+                    &mut rbuf,
+                    &mut decoder,
+                    limit,
+                    route.body_idle_timeout_ms,
+                )
+                .await,
+            ),
+            None => None,
+        };
+        match buffered {
+            Some(Ok(Buffered::Whole(mut body, raw_len))) => {
+                bytes_in += raw_len as u64;
+                let mut changed = false;
+                if let (true, Some((chain, ctx))) = (chain_wants, fx.as_mut()) {
                     match chain.on_request_body(ctx, head, &mut body).await {
-                        Ok(changed) => {
-                            let framing = BodyFraming::Length {
-                                len: body.len(),
-                                drop_encoding: changed,
-                            };
-                            write_upstream_head(
-                                &mut wbuf,
-                                head,
-                                up,
-                                &ep.authority,
-                                self.peer,
-                                request_id,
-                                framing,
-                                traceparent.as_deref(),
-                            );
-                            wbuf.extend_from_slice(&body);
-                            body_done = true;
-                        }
+                        Ok(c) => changed = c,
                         Err(r) => {
                             self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
                             return self.reject(client, head, r, rbuf, wbuf, true, t_head).await;
                         }
                     }
                 }
-                Ok(Buffered::OverLimit(raw)) => {
+                let facts = (pol.needs_body || self.l.match_model)
+                    .then(|| route::model::scan(&body))
+                    .flatten();
+                req_body = ReqBody::Whole {
+                    body,
+                    changed,
+                    facts,
+                };
+                *sent_model = self.fill_request(
+                    &mut wbuf,
+                    head,
+                    up,
+                    chosen.guard.endpoint,
+                    request_id,
+                    traceparent.as_deref(),
+                    &mut req_body,
+                    plan,
+                );
+                body_done = true;
+            }
+            Some(Ok(Buffered::OverLimit(raw))) => {
+                if let (true, Some((chain, ctx))) = (chain_wants, fx.as_mut()) {
                     if let Err(r) = chain.on_body_over_limit(ctx) {
                         self.w.pools.borrow_mut().discard(conn);
                         return self
                             .reject(client, head, r, rbuf, wbuf, false, t_head)
                             .await;
                     }
-                    bytes_in += raw.len() as u64;
-                    write_upstream_head(
-                        &mut wbuf,
-                        head,
-                        up,
-                        &ep.authority,
-                        self.peer,
-                        request_id,
-                        BodyFraming::AsReceived,
-                        traceparent.as_deref(),
-                    );
-                    wbuf.extend_from_slice(&raw);
-                    body_done = decoder.is_done();
                 }
-                Err(e) => {
-                    self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
-                    if matches!(e, ProxyError::ClientClosed) {
-                        return (self.client_gone(bytes_in), rbuf, wbuf);
-                    }
+                // The target may need another model than the body names (an alias, or the
+                // failover target chosen already), and the body is too large to rewrite.
+                if pol.rewrites_model
+                    && (!up.policy.aliases.is_empty() || plan.failover_model.is_some())
+                {
+                    self.w.pools.borrow_mut().discard(conn);
+                    let e = ProxyError::BodyTooLargeToRoute(limit);
                     return self
                         .local_error(client, head, e, rbuf, wbuf, false, t_head)
                         .await;
                 }
+                bytes_in += raw.len() as u64;
+                let ep = &up.endpoints[chosen.guard.endpoint];
+                write_upstream_head(
+                    &mut wbuf,
+                    head,
+                    up,
+                    &ep.authority,
+                    self.peer,
+                    request_id,
+                    BodyFraming::AsReceived,
+                    traceparent.as_deref(),
+                );
+                req_body = ReqBody::Raw {
+                    head_len: wbuf.len(),
+                };
+                wbuf.extend_from_slice(&raw);
+                body_done = decoder.is_done();
             }
-        } else {
-            write_upstream_head(
-                &mut wbuf,
-                head,
-                up,
-                &ep.authority,
-                self.peer,
-                request_id,
-                BodyFraming::AsReceived,
-                traceparent.as_deref(),
-            );
-            let first = match decoder.advance(&rbuf, |_| {}) {
-                Ok(p) => p,
-                Err(e) => {
-                    self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
-                    return self
-                        .local_error(
-                            client,
-                            head,
-                            ProxyError::BadRequest(e),
-                            rbuf,
-                            wbuf,
-                            false,
-                            t_head,
-                        )
-                        .await;
+            Some(Err(e)) => {
+                self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
+                if matches!(e, ProxyError::ClientClosed) {
+                    return (self.client_gone(bytes_in), rbuf, wbuf);
                 }
-            };
-            bytes_in += first.consumed as u64;
-            // Head and the body bytes that came with it go out in one write. The copy is
-            // bounded by what one read brought in, and it makes the request replayable on a
-            // stale pooled connection when it is complete.
-            wbuf.extend_from_slice(&rbuf[..first.consumed]);
-            rbuf.drain(..first.consumed);
-            body_done = first.done;
-        }
-        let replayable = body_done;
-
-        // Send; retry once on a fresh connection if a reused one is dead before any response.
-        let mut attempt = 0;
-        let (resp, mut ubuf) = loop {
-            attempt += 1;
-            let t_before_send = Instant::now();
-            let (res, b) = conn.io.write_all(wbuf).await;
-            wbuf = b;
-            if let Err(e) = res {
-                if conn.reused && replayable && attempt == 1 {
-                    self.w.pools.borrow_mut().discard(conn);
-                    match upstream::acquire(&self.w.pools, up, true).await {
-                        Ok(c) => {
-                            conn = c;
-                            continue;
-                        }
-                        Err(e) => {
-                            return self
-                                .local_error(client, head, e, rbuf, wbuf, false, t_head)
-                                .await;
-                        }
-                    }
-                }
-                self.w.pools.borrow_mut().discard(conn);
-                let e = ProxyError::UpstreamWrite(up.name.clone(), e);
                 return self
                     .local_error(client, head, e, rbuf, wbuf, false, t_head)
                     .await;
             }
-            if attempt == 1 {
-                overhead += t_before_send.duration_since(t_head);
-            }
-            // Stream the rest of the request body, if any.
-            if !body_done && attempt == 1 {
-                let r = self
-                    .stream_request_body(client, &mut conn, &mut decoder, rbuf, route, up)
-                    .await;
-                rbuf = r.1;
-                match r.0 {
-                    Ok(n) => bytes_in += n,
+            None => {
+                let ep = &up.endpoints[chosen.guard.endpoint];
+                write_upstream_head(
+                    &mut wbuf,
+                    head,
+                    up,
+                    &ep.authority,
+                    self.peer,
+                    request_id,
+                    BodyFraming::AsReceived,
+                    traceparent.as_deref(),
+                );
+                let first = match decoder.advance(&rbuf, |_| {}) {
+                    Ok(p) => p,
                     Err(e) => {
-                        self.w.pools.borrow_mut().discard(conn);
-                        let client_gone = matches!(e, ProxyError::ClientClosed);
-                        if client_gone {
-                            return (self.client_gone(bytes_in), rbuf, wbuf);
-                        }
+                        self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
                         return self
-                            .local_error(client, head, e, rbuf, wbuf, false, t_head)
+                            .local_error(
+                                client,
+                                head,
+                                ProxyError::BadRequest(e),
+                                rbuf,
+                                wbuf,
+                                false,
+                                t_head,
+                            )
                             .await;
                     }
-                }
+                };
+                bytes_in += first.consumed as u64;
+                // Head and the body bytes that came with it go out in one write. The copy is
+                // bounded by what one read brought in, and it makes the request replayable
+                // (on a stale pooled connection, or on another attempt) when it is complete.
+                req_body = ReqBody::Raw {
+                    head_len: wbuf.len(),
+                };
+                wbuf.extend_from_slice(&rbuf[..first.consumed]);
+                rbuf.drain(..first.consumed);
+                body_done = first.done;
             }
-            let ubuf = Vec::with_capacity(UPSTREAM_READ_BYTES);
-            match self
-                .read_response_head(&mut conn, ubuf, route, up, total_deadline)
-                .await
+        }
+        let replayable = body_done;
+        // SSE keep-alives only for a streaming request from an HTTP/1.1 client (they need
+        // chunked framing towards the client).
+        let keepalive_ms = match &req_body {
+            ReqBody::Whole { facts: Some(f), .. }
+                if f.stream && head.version() == Version::Http11 =>
             {
-                (Ok(h), ubuf) => break (h, ubuf),
-                (Err(e), ubuf) => {
-                    let retry = conn.reused
-                        && replayable
-                        && attempt == 1
-                        && ubuf.is_empty()
-                        && matches!(e, ProxyError::UpstreamClosed(_));
+                pol.sse_keepalive_ms
+            }
+            _ => 0,
+        };
+
+        // Attempts: send, then read the response head. A pooled connection found dead is
+        // replaced once by a fresh one to the same endpoint (not an endpoint failure). A
+        // failed attempt (connect error, timeout, closed, 429, 5xx) is reported to the
+        // endpoint's breaker and, while the whole request is in memory and no upstream byte
+        // reached the client, followed by a retry or a failover per the plan. Once the
+        // response head is accepted there is no way back: a stream is never retried.
+        let mut stale_retried = false;
+        let mut first_send = true;
+        let (resp, mut ubuf) = loop {
+            let t_before_send = Instant::now();
+            let (res, b) = conn.io.write_all(wbuf).await;
+            wbuf = b;
+            let failed: ProxyError = match res {
+                Err(e) => {
+                    let stale = conn.reused && replayable && !stale_retried;
                     self.w.pools.borrow_mut().discard(conn);
-                    if retry {
-                        match upstream::acquire(&self.w.pools, up, true).await {
+                    if stale {
+                        stale_retried = true;
+                        match upstream::acquire_at(
+                            &self.w.pools,
+                            up,
+                            chosen.guard.endpoint,
+                            true,
+                            connect_ms(pol, up),
+                        )
+                        .await
+                        {
                             Ok(c) => {
                                 conn = c;
                                 continue;
                             }
+                            Err(e) => e,
+                        }
+                    } else {
+                        ProxyError::UpstreamWrite(up.name.clone(), e)
+                    }
+                }
+                Ok(()) => {
+                    if first_send {
+                        overhead += t_before_send.duration_since(t_head);
+                        first_send = false;
+                    }
+                    // Stream the rest of the request body, if any (then it cannot be replayed).
+                    if !body_done {
+                        let r = self
+                            .stream_request_body(client, &mut conn, &mut decoder, rbuf, route, up)
+                            .await;
+                        rbuf = r.1;
+                        match r.0 {
+                            Ok(n) => bytes_in += n,
                             Err(e) => {
+                                self.w.pools.borrow_mut().discard(conn);
+                                if matches!(e, ProxyError::ClientClosed) {
+                                    return (self.client_gone(bytes_in), rbuf, wbuf);
+                                }
+                                if matches!(e, ProxyError::UpstreamWrite(..)) {
+                                    chosen
+                                        .guard
+                                        .report(AttemptResult::Failure, resilience::now_ms());
+                                }
                                 return self
                                     .local_error(client, head, e, rbuf, wbuf, false, t_head)
                                     .await;
                             }
                         }
                     }
+                    let ubuf = Vec::with_capacity(UPSTREAM_READ_BYTES);
+                    let reused = conn.reused;
+                    match self
+                        .read_response_head(
+                            &mut conn,
+                            ubuf,
+                            route,
+                            up,
+                            total_deadline,
+                            client,
+                            keepalive_ms,
+                            client_keep,
+                        )
+                        .await
+                    {
+                        (Ok(h), ubuf) => {
+                            let result = attempt_result(&h.0);
+                            chosen.guard.report(result, resilience::now_ms());
+                            if result != AttemptResult::Success && replayable {
+                                // `Err`: no attempt left; the client gets this answer.
+                                if let Ok(c) =
+                                    self.switch(plan, &mut chosen, total_deadline, None).await
+                                {
+                                    self.w.pools.borrow_mut().discard(conn);
+                                    conn = c;
+                                    up = plan.upstream(chosen.upstream);
+                                    *sent_model = self.fill_request(
+                                        &mut wbuf,
+                                        head,
+                                        up,
+                                        chosen.guard.endpoint,
+                                        request_id,
+                                        traceparent.as_deref(),
+                                        &mut req_body,
+                                        plan,
+                                    );
+                                    continue;
+                                }
+                            }
+                            break (h, ubuf);
+                        }
+                        (Err(ProxyError::ClientClosed), _) => {
+                            self.w.pools.borrow_mut().discard(conn);
+                            return (self.client_gone(bytes_in), rbuf, wbuf);
+                        }
+                        (Err(e), ubuf) => {
+                            let stale = reused
+                                && replayable
+                                && !stale_retried
+                                && ubuf.is_empty()
+                                && matches!(e, ProxyError::UpstreamClosed(_));
+                            self.w.pools.borrow_mut().discard(conn);
+                            if stale {
+                                stale_retried = true;
+                                match upstream::acquire_at(
+                                    &self.w.pools,
+                                    up,
+                                    chosen.guard.endpoint,
+                                    true,
+                                    connect_ms(pol, up),
+                                )
+                                .await
+                                {
+                                    Ok(c) => {
+                                        conn = c;
+                                        continue;
+                                    }
+                                    Err(e) => e,
+                                }
+                            } else {
+                                e
+                            }
+                        }
+                    }
+                }
+            };
+            // The attempt failed before any response: tell the breaker, then try the next
+            // attempt if the request can be sent again.
+            chosen
+                .guard
+                .report(AttemptResult::Failure, resilience::now_ms());
+            if !replayable {
+                return self
+                    .local_error(client, head, failed, rbuf, wbuf, false, t_head)
+                    .await;
+            }
+            match self
+                .switch(plan, &mut chosen, total_deadline, Some(failed))
+                .await
+            {
+                Ok(c) => {
+                    conn = c;
+                    up = plan.upstream(chosen.upstream);
+                    *sent_model = self.fill_request(
+                        &mut wbuf,
+                        head,
+                        up,
+                        chosen.guard.endpoint,
+                        request_id,
+                        traceparent.as_deref(),
+                        &mut req_body,
+                        plan,
+                    );
+                }
+                Err(e) => {
+                    let e = e.unwrap_or(ProxyError::NoEndpoint(up.name.clone()));
                     return self
                         .local_error(client, head, e, rbuf, wbuf, false, t_head)
                         .await;
@@ -657,6 +1048,15 @@ impl<'a> Exchange<'a> {
         };
         let (rhead, rconsumed) = resp;
         let t_first_byte = Instant::now();
+        let early = self.early_head.get();
+        if early && !(200..300).contains(&rhead.status()) {
+            // The client already has a 200 SSE head: the error becomes an SSE error event.
+            self.w.pools.borrow_mut().discard(conn);
+            let e = ProxyError::StatusAfterStreamStart(up.name.clone(), rhead.status());
+            return self
+                .local_error(client, head, e, rbuf, wbuf, false, t_head)
+                .await;
+        }
         // The request is sent: while the response streams (for minutes, for a model), the
         // client read buffer is idle. Free it unless it holds a pipelined request; the next
         // head read allocates a fresh one. This keeps memory per open stream low.
@@ -685,6 +1085,15 @@ impl<'a> Exchange<'a> {
         } else {
             OutMode::Raw
         };
+        // After an early SSE head the client expects chunks: a chunked upstream body goes on
+        // verbatim, any other framing is re-chunked.
+        let out_mode =
+            if early && !matches!(out_mode, OutMode::Rewrite) && !matches!(kind, BodyKind::Chunked)
+            {
+                OutMode::Rechunk
+            } else {
+                out_mode
+            };
         let chunked_out = matches!(out_mode, OutMode::Rewrite | OutMode::Rechunk);
         let keep_client = client_keep
             && (!matches!(kind, BodyKind::CloseDelimited) || chunked_out)
@@ -692,16 +1101,25 @@ impl<'a> Exchange<'a> {
         let upstream_reusable =
             rhead.keep_alive() && !rhead.must_close() && !matches!(kind, BodyKind::CloseDelimited);
         wbuf.clear();
-        write_client_head(
-            &mut wbuf,
-            &rhead,
-            head.version(),
-            keep_client,
-            chunked_out,
-            kind,
-        );
+        let client_model = match &req_body {
+            ReqBody::Whole { facts: Some(f), .. } => f.model.as_deref(),
+            _ => None,
+        };
+        let model = sent_model.as_deref().or(client_model);
+        let from = (plan.failovers > 0).then(|| &*self.snap.upstreams[plan.primary].name);
+        if !early {
+            write_client_head(
+                &mut wbuf,
+                &rhead,
+                head.version(),
+                keep_client,
+                chunked_out,
+                kind,
+                (&up.name, model, from),
+            );
+        }
         let t_resp_head = Instant::now();
-        let mut head_pending = true;
+        let mut head_pending = !early;
 
         // Phases 5-6: forward every upstream read as soon as it arrives.
         let mut rdecoder = BodyDecoder::new(kind);
@@ -922,12 +1340,170 @@ impl<'a> Exchange<'a> {
                     Outcome::DownstreamAbort
                 } else {
                     log_error(&e, &self.l.name, self.peer);
+                    chosen.guard.late_failure(resilience::now_ms());
                     Outcome::UpstreamAbort
                 };
                 d.error = Some(e);
             }
         }
         (d, rbuf, wbuf)
+    }
+
+    /// Move on to the plan's next attempt after a failed one: wait its backoff (never past
+    /// the total deadline), then connect; a connect failure is reported and the plan asked
+    /// again. `Err(last)`: no attempt left; `last` is the most recent error (`None` if only
+    /// the failed response itself is left to forward).
+    async fn switch(
+        &self,
+        plan: &mut Plan<'a>,
+        chosen: &mut Chosen<'a>,
+        total_deadline: Option<monoio::time::Instant>,
+        mut last: Option<ProxyError>,
+    ) -> Result<UpConn, Option<ProxyError>> {
+        loop {
+            let next = {
+                let pools = self.w.pools.borrow();
+                plan.next(pools.rr(), resilience::now_ms())
+            };
+            let Some((backoff_ms, next)) = next else {
+                return Err(last);
+            };
+            if backoff_ms > 0 {
+                let wake = monoio::time::Instant::now() + Duration::from_millis(backoff_ms);
+                if total_deadline.is_some_and(|d| wake >= d) {
+                    return Err(last);
+                }
+                monoio::time::sleep_until(wake).await;
+            }
+            // The previous attempt's guard (already reported) goes here.
+            *chosen = next;
+            let up = plan.upstream(chosen.upstream);
+            match upstream::acquire_at(
+                &self.w.pools,
+                up,
+                chosen.guard.endpoint,
+                false,
+                plan.connect_timeout_ms().unwrap_or(up.connect_timeout_ms),
+            )
+            .await
+            {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    chosen
+                        .guard
+                        .report(AttemptResult::Failure, resilience::now_ms());
+                    last = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Write the request for the current attempt into `wbuf`: the head for its upstream and
+    /// endpoint, and the body (its `model` rewritten when the target asks for another).
+    /// Returns the model sent when it was rewritten.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_request(
+        &self,
+        wbuf: &mut Vec<u8>,
+        head: &RequestHead,
+        up: &UpstreamRt,
+        endpoint: usize,
+        request_id: &str,
+        traceparent: Option<&str>,
+        body: &mut ReqBody,
+        plan: &Plan<'_>,
+    ) -> Option<Arc<str>> {
+        let authority = &up.endpoints[endpoint].authority;
+        match body {
+            ReqBody::Whole {
+                body,
+                changed,
+                facts,
+            } => {
+                wbuf.clear();
+                let client_model = facts.as_ref().and_then(|f| f.model.as_deref());
+                let spans = facts.as_ref().map(|f| &f.model_spans[..]).unwrap_or(&[]);
+                let send = plan
+                    .model_for(client_model)
+                    .filter(|m| Some(&**m) != client_model && !spans.is_empty());
+                match &send {
+                    Some(m) => {
+                        let nb = route::model::rewrite(body, spans, m);
+                        let framing = BodyFraming::Length {
+                            len: nb.len(),
+                            drop_encoding: true,
+                        };
+                        write_upstream_head(
+                            wbuf,
+                            head,
+                            up,
+                            authority,
+                            self.peer,
+                            request_id,
+                            framing,
+                            traceparent,
+                        );
+                        wbuf.extend_from_slice(&nb);
+                    }
+                    None => {
+                        let framing = BodyFraming::Length {
+                            len: body.len(),
+                            drop_encoding: *changed,
+                        };
+                        write_upstream_head(
+                            wbuf,
+                            head,
+                            up,
+                            authority,
+                            self.peer,
+                            request_id,
+                            framing,
+                            traceparent,
+                        );
+                        wbuf.extend_from_slice(body);
+                    }
+                }
+                send
+            }
+            ReqBody::Raw { head_len } => {
+                let tail = wbuf.split_off((*head_len).min(wbuf.len()));
+                wbuf.clear();
+                write_upstream_head(
+                    wbuf,
+                    head,
+                    up,
+                    authority,
+                    self.peer,
+                    request_id,
+                    BodyFraming::AsReceived,
+                    traceparent,
+                );
+                *head_len = wbuf.len();
+                wbuf.extend_from_slice(&tail);
+                None
+            }
+        }
+    }
+
+    /// One SSE keep-alive while a streaming request waits for its first token. The first
+    /// one sends the response head (200, `text/event-stream`, chunked) ahead of the upstream.
+    async fn send_keepalive(&self, client: &mut Io, client_keep: bool) -> Result<(), ()> {
+        let mut out = Vec::with_capacity(256);
+        if !self.early_head.get() {
+            http1::write_status_line(&mut out, 200, "OK", Version::Http11);
+            http1::write_header(&mut out, "content-type", b"text/event-stream");
+            http1::write_header(&mut out, "cache-control", b"no-cache");
+            http1::write_header(&mut out, "via", VIA);
+            http1::write_header(&mut out, "transfer-encoding", b"chunked");
+            if !client_keep {
+                http1::write_header(&mut out, "connection", b"close");
+            }
+            http1::finish_head(&mut out);
+            self.early_head.set(true);
+        }
+        http1::write_chunk(&mut out, SSE_KEEPALIVE);
+        let (res, _) = client.write_all(out).await;
+        res.map_err(|_| ())
     }
 
     /// Read a whole request body for the filters, bounded by `limit` decoded bytes.
@@ -937,9 +1513,9 @@ impl<'a> Exchange<'a> {
         rbuf: &mut Vec<u8>,
         decoder: &mut BodyDecoder,
         limit: usize,
-        route: &RouteRt,
+        idle_ms: u64,
     ) -> Result<Buffered, ProxyError> {
-        let idle = Duration::from_millis(route.body_idle_timeout_ms);
+        let idle = Duration::from_millis(idle_ms);
         let mut body = Vec::new();
         let mut raw_len = 0usize;
         let mut raw_kept: Vec<u8> = Vec::new();
@@ -965,7 +1541,7 @@ impl<'a> Exchange<'a> {
             let buf = std::mem::take(rbuf);
             let (res, b) = match monoio::time::timeout(idle, client.read_append(buf)).await {
                 Ok(r) => r,
-                Err(_) => return Err(ProxyError::ClientBodyTimeout(route.body_idle_timeout_ms)),
+                Err(_) => return Err(ProxyError::ClientBodyTimeout(idle_ms)),
             };
             *rbuf = b;
             match res {
@@ -1075,6 +1651,10 @@ impl<'a> Exchange<'a> {
 
     /// Read the final response head (1xx informational heads are skipped: `100 Continue` was
     /// answered by sluice itself and `Expect` is not forwarded).
+    /// With `keepalive_ms > 0`, an SSE keep-alive goes to the client every `keepalive_ms`
+    /// while nothing has arrived (the read itself is never dropped for it: only the timer
+    /// races the read). `Err(ClientClosed)`: a keep-alive could not be written.
+    #[allow(clippy::too_many_arguments)]
     async fn read_response_head(
         &self,
         conn: &mut UpConn,
@@ -1082,6 +1662,9 @@ impl<'a> Exchange<'a> {
         route: &RouteRt,
         up: &UpstreamRt,
         total_deadline: Option<monoio::time::Instant>,
+        client: &mut Io,
+        keepalive_ms: u64,
+        client_keep: bool,
     ) -> (Result<(ResponseHead, usize), ProxyError>, Vec<u8>) {
         let mut deadline =
             monoio::time::Instant::now() + Duration::from_millis(route.first_byte_timeout_ms);
@@ -1105,8 +1688,24 @@ impl<'a> Exchange<'a> {
                     Err(e) => return (Err(ProxyError::BadResponse(up.name.clone(), e)), ubuf),
                 }
             }
-            let (res, b) = match monoio::time::timeout_at(deadline, conn.io.read_append(ubuf)).await
-            {
+            let read = monoio::time::timeout_at(deadline, conn.io.read_append(ubuf));
+            let r = if keepalive_ms == 0 {
+                read.await
+            } else {
+                let mut read = std::pin::pin!(read);
+                loop {
+                    let tick = monoio::time::sleep(Duration::from_millis(keepalive_ms));
+                    monoio::select! {
+                        r = read.as_mut() => break r,
+                        _ = tick => {
+                            if self.send_keepalive(client, client_keep).await.is_err() {
+                                return (Err(ProxyError::ClientClosed), Vec::new());
+                            }
+                        }
+                    }
+                }
+            };
+            let (res, b) = match r {
                 Ok(r) => r,
                 Err(_) => {
                     return (
@@ -1151,9 +1750,16 @@ impl<'a> Exchange<'a> {
         let keep = may_keep
             && matches!(head.body_kind(), BodyKind::Empty)
             && head.keep_alive()
-            && !self.w.is_draining();
+            && !self.w.is_draining()
+            && !self.early_head.get();
         wbuf.clear();
-        write_error_response(&mut wbuf, &e, head.version(), !keep);
+        if self.early_head.get() {
+            // The client has a 200 SSE head already: an SSE error event in the OpenAI error
+            // shape, then the end of the stream (and of the connection).
+            write_sse_error(&mut wbuf, &e);
+        } else {
+            write_error_response(&mut wbuf, &e, head.version(), !keep);
+        }
         let (res, wbuf) = client.write_all(wbuf).await;
         log_error(&e, &self.l.name, self.peer);
         (
@@ -1202,7 +1808,10 @@ impl<'a> Exchange<'a> {
             worker: self.w.id as u16,
             listener: self.lidx as u16,
             route,
-            upstream,
+            upstream: match (self.served_by.get(), upstream) {
+                (Some(u), x) if x != NONE_IDX => u as u16,
+                _ => upstream,
+            },
             status: d.status,
             outcome: d.outcome,
             error_code: code,
@@ -1217,6 +1826,7 @@ impl<'a> Exchange<'a> {
             bytes_out: d.bytes_out,
             access,
             gen_ai,
+            routing: self.routing.take(),
         };
         let full = {
             let mut t = self.w.telemetry.borrow_mut();
@@ -1275,6 +1885,7 @@ fn record_local(
         bytes_out: 0,
         access: None,
         gen_ai: None,
+        routing: RoutingRecord::default(),
     };
     w.telemetry.borrow_mut().push(r);
 }
@@ -1492,6 +2103,7 @@ fn write_client_head(
     keep: bool,
     rechunk: bool,
     kind: BodyKind,
+    routing: (&str, Option<&str>, Option<&str>),
 ) {
     http1::write_status_line(out, r.status(), r.reason(), Version::Http11);
     let has_connection = r.header("connection").is_some();
@@ -1525,12 +2137,24 @@ fn write_client_head(
     if matches!(kind, BodyKind::Chunked) || rechunk {
         http1::write_header(out, "transfer-encoding", b"chunked");
     }
+    write_routing_headers(out, routing.0, routing.1, routing.2);
     if !keep {
         http1::write_header(out, "connection", b"close");
     } else if client_version == Version::Http10 {
         http1::write_header(out, "connection", b"keep-alive");
     }
     http1::finish_head(out);
+}
+
+/// An error as the last event of an SSE stream whose head was already sent:
+/// `event: error` + `data: {"error":{...}}`, then the chunked terminator.
+fn write_sse_error(out: &mut Vec<u8>, e: &ProxyError) {
+    let mut ev = Vec::with_capacity(200);
+    ev.extend_from_slice(b"event: error\ndata: ");
+    write_openai_error(&mut ev, e.status(), e.code(), &e.to_string());
+    ev.extend_from_slice(b"\n\n");
+    http1::write_chunk(out, &ev);
+    http1::write_last_chunk(out);
 }
 
 /// A complete error response with an OpenAI-shaped JSON body.
@@ -1551,6 +2175,9 @@ pub fn write_error_response(out: &mut Vec<u8>, e: &ProxyError, version: Version,
     http1::write_header(out, "content-type", b"application/json");
     http1::write_header(out, "content-length", body.len().to_string().as_bytes());
     http1::write_header(out, "x-sluice-error", e.code().as_bytes());
+    if let Some(s) = e.retry_after_s() {
+        http1::write_header(out, "retry-after", s.to_string().as_bytes());
+    }
     if close {
         http1::write_header(out, "connection", b"close");
     }

@@ -139,6 +139,11 @@ impl Pools {
         m.into_iter().map(|(k, (i, a))| (k, i, a)).collect()
     }
 
+    /// The worker's round-robin cursor (endpoint choice in `resilience::balance`).
+    pub fn rr(&self) -> &Cell<usize> {
+        &self.rr
+    }
+
     /// Pick an endpoint (round robin over endpoints that have addresses), then a pooled
     /// connection to it or a new one.
     pub fn pick_endpoint(&self, up: &UpstreamRt) -> Option<usize> {
@@ -161,6 +166,18 @@ pub async fn acquire(
         .borrow()
         .pick_endpoint(up)
         .ok_or_else(|| ProxyError::NoEndpoint(up.name.clone()))?;
+    acquire_at(pools, up, endpoint, fresh, up.connect_timeout_ms).await
+}
+
+/// Get a connection to one chosen endpoint of `up`: pooled if possible (`fresh == false`),
+/// else a new one within `connect_timeout_ms`.
+pub async fn acquire_at(
+    pools: &std::cell::RefCell<Pools>,
+    up: &UpstreamRt,
+    endpoint: usize,
+    fresh: bool,
+    connect_timeout_ms: u64,
+) -> Result<UpConn, ProxyError> {
     let key = PoolKey {
         upstream: up.name.clone(),
         fingerprint: up.fingerprint,
@@ -177,7 +194,7 @@ pub async fn acquire(
             });
         }
     }
-    let io = connect(up, endpoint).await?;
+    let io = connect(up, endpoint, connect_timeout_ms).await?;
     pools.borrow_mut().checked_out(&up.name);
     Ok(UpConn {
         io,
@@ -186,7 +203,7 @@ pub async fn acquire(
     })
 }
 
-async fn connect(up: &UpstreamRt, endpoint: usize) -> Result<Io, ProxyError> {
+async fn connect(up: &UpstreamRt, endpoint: usize, timeout_ms: u64) -> Result<Io, ProxyError> {
     let ep = &up.endpoints[endpoint];
     let addrs = ep.addrs.load();
     let n = addrs.len();
@@ -194,15 +211,10 @@ async fn connect(up: &UpstreamRt, endpoint: usize) -> Result<Io, ProxyError> {
         return Err(ProxyError::NoEndpoint(up.name.clone()));
     }
     let addr = addrs[fastrand::usize(..n)];
-    let timeout = Duration::from_millis(up.connect_timeout_ms);
+    let timeout = Duration::from_millis(timeout_ms);
     let deadline = monoio::time::Instant::now() + timeout;
     let tcp = match monoio::time::timeout_at(deadline, TcpStream::connect_addr(addr)).await {
-        Err(_) => {
-            return Err(ProxyError::ConnectTimeout(
-                up.name.clone(),
-                up.connect_timeout_ms,
-            ))
-        }
+        Err(_) => return Err(ProxyError::ConnectTimeout(up.name.clone(), timeout_ms)),
         Ok(Err(e)) => return Err(ProxyError::ConnectFailed(up.name.clone(), e)),
         Ok(Ok(s)) => s,
     };
@@ -212,10 +224,7 @@ async fn connect(up: &UpstreamRt, endpoint: usize) -> Result<Io, ProxyError> {
             use std::os::fd::AsRawFd;
             let fd = tcp.as_raw_fd();
             match monoio::time::timeout_at(deadline, connector.connect(name.clone(), tcp)).await {
-                Err(_) => Err(ProxyError::ConnectTimeout(
-                    up.name.clone(),
-                    up.connect_timeout_ms,
-                )),
+                Err(_) => Err(ProxyError::ConnectTimeout(up.name.clone(), timeout_ms)),
                 Ok(Err(e)) => Err(ProxyError::Tls(up.name.clone(), e.to_string())),
                 Ok(Ok(s)) => Ok(Io::TlsClient(Box::new(s), fd)),
             }

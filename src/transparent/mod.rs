@@ -371,6 +371,7 @@ pub fn passthrough_route(listener: &str) -> RouteRt {
         destination_port: None,
         sni: None,
         allow_identities: None,
+        policy: crate::route::RoutePolicy::default(),
     }
 }
 
@@ -555,12 +556,23 @@ fn dynamic_upstream(target: SocketAddr, t: &TransparentConfig) -> UpstreamRt {
             server_name: None,
             addrs: ArcSwap::from_pointee(vec![target]),
             is_literal_ip: true,
+            health: crate::resilience::breaker::EndpointHealth::new(
+                crate::resilience::config::BREAKER_WINDOW_MS_DEFAULT,
+            ),
         }],
         tls: None,
         connect_timeout_ms: t.connect_timeout_ms,
         pool_idle_max: t.pool_idle_max,
         pool_idle_timeout_ms: t.pool_idle_timeout_ms,
         host_rewrite: HostRewrite::Preserve,
+        // Pass-through: no breaker, throttle, aliases; a 429's Retry-After is the client's.
+        policy: crate::resilience::UpstreamPolicy::new(
+            crate::resilience::config::Balance::RoundRobin,
+            None,
+            0,
+            None,
+            &Default::default(),
+        ),
     }
 }
 

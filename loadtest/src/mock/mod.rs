@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustls_pki_types::pem::PemObject;
@@ -102,11 +103,50 @@ impl Recorder {
     }
 }
 
-/// State shared (read-only apart from the recorder) by all workers.
+/// A fault injected into every model request at runtime (`POST /__mock/fault`), so a test
+/// can start and stop a 429/503 storm without restarting the mock. Atomics: read on every
+/// request by every worker, written rarely by the control endpoint.
+#[derive(Debug, Default)]
+pub struct Fault {
+    /// 0 = no fault.
+    status: AtomicU16,
+    retry_after_s: AtomicU64,
+}
+
+impl Fault {
+    /// `Some((status, retry_after_s))` while a fault is on.
+    pub fn get(&self) -> Option<(u16, u64)> {
+        match self.status.load(Ordering::Acquire) {
+            0 => None,
+            s => Some((s, self.retry_after_s.load(Ordering::Acquire))),
+        }
+    }
+
+    /// Apply a control body: `{"status": 503, "retry_after_s": 2}`; `{"status": null}` or
+    /// `{}` clears. Errors name the problem.
+    pub fn set_json(&self, body: &[u8]) -> Result<Option<(u16, u64)>, String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+        let status = match v.get("status") {
+            None | Some(serde_json::Value::Null) => 0,
+            Some(s) => match s.as_u64() {
+                Some(n) if (400..=599).contains(&n) => n as u16,
+                _ => return Err("status must be 400..=599 or null".into()),
+            },
+        };
+        let ra = v.get("retry_after_s").and_then(|r| r.as_u64()).unwrap_or(1);
+        self.retry_after_s.store(ra.min(86_400), Ordering::Release);
+        self.status.store(status, Ordering::Release);
+        Ok(self.get())
+    }
+}
+
+/// State shared (read-only apart from the recorder and the fault) by all workers.
 pub struct Shared {
     pub cfg: MockConfig,
     pub recorder: Recorder,
     pub tls: Option<monoio_rustls::TlsAcceptor>,
+    pub fault: Fault,
 }
 
 fn load_tls(cert: &PathBuf, key: &PathBuf) -> Result<monoio_rustls::TlsAcceptor, MockError> {
@@ -163,6 +203,7 @@ pub fn start(cfg: MockConfig) -> Result<MockHandle, MockError> {
     let shared = Arc::new(Shared {
         recorder: Recorder::new(cfg.record),
         tls,
+        fault: Fault::default(),
         cfg: cfg.clone(),
     });
     let (tx, rx) = std::sync::mpsc::channel::<Result<(), MockError>>();
@@ -208,4 +249,25 @@ pub fn run(cfg: MockConfig) -> Result<(), MockError> {
         let _ = t.join();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fault;
+
+    #[test]
+    fn fault_control_sets_and_clears() {
+        let f = Fault::default();
+        assert_eq!(f.get(), None);
+        assert_eq!(
+            f.set_json(br#"{"status":429,"retry_after_s":2}"#),
+            Ok(Some((429, 2)))
+        );
+        assert_eq!(f.get(), Some((429, 2)));
+        assert!(f.set_json(br#"{"status":200}"#).is_err());
+        assert!(f.set_json(b"nope").is_err());
+        assert_eq!(f.get(), Some((429, 2)));
+        assert_eq!(f.set_json(br#"{"status":null}"#), Ok(None));
+        assert_eq!(f.get(), None);
+    }
 }

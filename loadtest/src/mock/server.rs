@@ -372,6 +372,13 @@ async fn serve<S: AsyncReadRent + AsyncWriteRent>(
                 sh.recorder.clear();
                 Reply::json(200, &serde_json::json!({"cleared": true}))
             }
+            ("POST", "/__mock/fault") => match sh.fault.set_json(&body) {
+                Ok(f) => Reply::json(
+                    200,
+                    &serde_json::json!({"status": f.map(|x| x.0), "retry_after_s": f.map(|x| x.1)}),
+                ),
+                Err(e) => dialect::error_reply(400, &e, 1),
+            },
             (method, path) => {
                 if let Some(headers) = head.all_headers {
                     sh.recorder.push(RecordedRequest {
@@ -383,7 +390,16 @@ async fn serve<S: AsyncReadRent + AsyncWriteRent>(
                 }
                 let n = seq.get() + 1;
                 seq.set(n);
-                dialect::route(method, path, &body, &mut beh, &head.overrides, n)
+                match sh.fault.get() {
+                    // A runtime fault wins over tags and headers: a storm hits every request.
+                    Some((status, retry_after_s)) => {
+                        let mut ov = head.overrides;
+                        ov.push(("status".into(), status.to_string()));
+                        ov.push(("retry-after".into(), retry_after_s.to_string()));
+                        dialect::route(method, path, &body, &mut beh, &ov, n)
+                    }
+                    None => dialect::route(method, path, &body, &mut beh, &head.overrides, n),
+                }
             }
         };
         match write_reply(&mut io, fd, reply, &beh, keep_alive).await {
