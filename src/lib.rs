@@ -33,6 +33,6 @@ pub mod proxy;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
-pub mod transparent;
 pub mod tls;
+pub mod transparent;
 pub mod worker;

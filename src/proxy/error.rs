@@ -60,7 +60,7 @@ impl Classify for ProxyError {
             | ClientBodyTimeout(_)
             | ClientClosed
             | NoOriginalDestination => Side::Downstream,
-            | IdentityNotAllowed(..) => Side::Downstream,
+            IdentityNotAllowed(..) => Side::Downstream,
             NoEndpoint(_)
             | ConnectTimeout(..)
             | ConnectFailed(..)

@@ -145,7 +145,7 @@ pub async fn serve_connection_with(
             peer,
             peer_identity: peer_identity.as_ref(),
             started: Instant::now(),
-            dst,
+            dst: dst.as_ref(),
         };
         let (keep, local_reply);
         (keep, local_reply, rbuf, wbuf) = ex.run(&mut client, parsed, rbuf, wbuf).await;
@@ -224,7 +224,7 @@ struct Exchange<'a> {
     peer_identity: Option<&'a Arc<str>>,
     started: Instant,
     /// Transparent listeners: where the connection was going.
-    dst: Option<crate::transparent::ConnDst>,
+    dst: Option<&'a crate::transparent::ConnDst>,
 }
 
 /// What happened to the response, for the record and the keep-alive decision.
@@ -290,10 +290,7 @@ impl<'a> Exchange<'a> {
                 }
                 _ if r.upstream == crate::transparent::ORIGINAL_DST_IDX => match self.dst {
                     Some(d) => {
-                        dyn_up = self
-                            .w
-                            .transparent
-                            .upstream_for(d.target, &self.l.transparent);
+                        dyn_up = self.w.transparent.upstream_for_dst(d, &self.l.transparent);
                         Ok((ridx, r, &dyn_up))
                     }
                     None => Err((ridx as u16, NONE_IDX, ProxyError::NoOriginalDestination)),
