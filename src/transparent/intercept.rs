@@ -142,14 +142,22 @@ fn system_roots() -> rustls::RootCertStore {
     r
 }
 
-/// The interception decision for a sniffed TLS connection: `Some` (the `ConnDst` to serve it
-/// with, and the listener's TLS) when its server name is configured for interception, the
-/// listener can mint certificates, and the original destination is known.
+/// A sniffed TLS connection to intercept.
+pub struct Decision {
+    /// Its original destination, with the [`TlsOrigin`] to re-encrypt with.
+    pub dst: ConnDst,
+    /// The listener's TLS (interception mode: mints the leaf).
+    pub server_tls: Arc<ServerTls>,
+}
+
+/// The interception decision for a sniffed TLS connection: `Some` when its server name is
+/// configured for interception, the listener can mint certificates, and the original
+/// destination is known.
 pub fn decide(
     l: &crate::snapshot::ListenerRt,
     dst: Option<&ConnDst>,
     sni: Option<&str>,
-) -> Option<(ConnDst, Arc<ServerTls>)> {
+) -> Option<Decision> {
     let ic = l.intercept.as_ref()?;
     let tls = l.tls.as_ref().filter(|t| t.is_intercept())?;
     let sni = sni?;
@@ -161,8 +169,8 @@ pub fn decide(
         Ok(n @ ServerName::DnsName(_)) => n,
         _ => return None,
     };
-    Some((
-        ConnDst {
+    Some(Decision {
+        dst: ConnDst {
             original: d.original,
             target: d.target,
             tls: Some(TlsOrigin {
@@ -171,8 +179,8 @@ pub fn decide(
                 intercept: ic.clone(),
             }),
         },
-        tls.clone(),
-    ))
+        server_tls: tls.clone(),
+    })
 }
 
 /// Terminate the client's TLS (replaying the sniffed ClientHello bytes) and serve the
@@ -184,11 +192,11 @@ pub async fn serve(
     peer: SocketAddr,
     guard: ConnGuard,
     prefix: Vec<u8>,
-    dst: ConnDst,
-    tls: Arc<ServerTls>,
+    decision: Decision,
 ) {
-    let accepted = crate::tls::server::accept_intercepted(stream, prefix, &tls).await;
-    drop(tls);
+    let Decision { dst, server_tls } = decision;
+    let accepted = crate::tls::server::accept_intercepted(stream, prefix, &server_tls).await;
+    drop(server_tls);
     match accepted {
         Ok(a) => {
             crate::tls::stats::handshake_ok();

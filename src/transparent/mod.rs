@@ -12,11 +12,13 @@
 //! 3. HTTP goes into the normal connection loop (`proxy::exchange`), routed by original
 //!    destination and Host, with the route's filters, metrics and traces. An unmatched request
 //!    goes to the original destination (an implicit last route, `<listener>-passthrough`);
-//! 4. TLS and everything else are relayed byte for byte ([`tcp_relay`]) to the original
+//! 4. TLS for a server name in `intercept_hosts` is decrypted with a minted leaf and served
+//!    as HTTP, re-encrypted to the original destination ([`intercept`]);
+//! 5. other TLS and everything else are relayed byte for byte ([`tcp_relay`]) to the original
 //!    destination (or to the upstream of a route matching the TLS server name).
 //!
 //! Per-core state ([`PerCore`]): the upstreams made on the fly for original destinations, in a
-//! bounded LRU keyed by address, so their keep-alive pools work like configured upstreams'
+//! bounded LRU keyed by (address, SNI of an intercepted connection or none), so their keep-alive pools work like configured upstreams'
 //! and memory stays bounded whatever the application connects to; and connection counters,
 //! shipped to the telemetry thread with each tick's gauges (no lock, no atomic per
 //! connection).
@@ -741,19 +743,9 @@ pub async fn serve(
             // TLS interception: a server name listed in `intercept_hosts` is decrypted with a
             // leaf minted for it (the sniffed ClientHello bytes are replayed into the
             // handshake), served as HTTP, and re-encrypted to the original destination.
-            if let Some((d, server_tls)) = intercept::decide(l, dst.as_ref(), name.as_deref()) {
+            if let Some(decision) = intercept::decide(l, dst.as_ref(), name.as_deref()) {
                 drop(snap);
-                intercept::serve(
-                    w,
-                    listener,
-                    stream,
-                    peer,
-                    guard,
-                    sniffed.prefix,
-                    d,
-                    server_tls,
-                )
-                .await;
+                intercept::serve(w, listener, stream, peer, guard, sniffed.prefix, decision).await;
                 return;
             }
             let target = tls_target(&snap, l, dst.as_ref(), name.as_deref());
@@ -1307,8 +1299,9 @@ listeners:
             target: "10.0.0.1:443".parse().unwrap(),
             tls: None,
         };
-        let (dst, tls) = intercept::decide(l, Some(&plain), Some("api.openai.com")).unwrap();
-        assert!(tls.is_intercept());
+        let intercept::Decision { dst, server_tls } =
+            intercept::decide(l, Some(&plain), Some("api.openai.com")).unwrap();
+        assert!(server_tls.is_intercept());
         assert_eq!(dst.target, plain.target);
         assert_eq!(dst.tls.as_ref().map(|o| &*o.sni), Some("api.openai.com"));
         // Not listed, no SNI, no original destination: passed through.
@@ -1328,7 +1321,9 @@ listeners:
         assert!(Arc::ptr_eq(&up, &pc.upstream_for_dst(&dst, t)));
         let raw = pc.upstream_for_dst(&plain, t);
         assert!(raw.tls.is_none() && raw.endpoints[0].server_name.is_none());
-        let (dst2, _) = intercept::decide(l, Some(&plain), Some("b.example.com")).unwrap();
+        let dst2 = intercept::decide(l, Some(&plain), Some("b.example.com"))
+            .unwrap()
+            .dst;
         let up2 = pc.upstream_for_dst(&dst2, t);
         assert!(!Arc::ptr_eq(&up, &up2));
         assert_ne!(up.fingerprint, up2.fingerprint);
