@@ -37,6 +37,6 @@ pub mod route;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
-pub mod transparent;
 pub mod tls;
+pub mod transparent;
 pub mod worker;

@@ -78,6 +78,9 @@ pub struct ListenerRt {
     pub transparent: crate::transparent::TransparentConfig,
     /// TLS termination or interception; `None` = plain TCP.
     pub tls: Option<Arc<crate::tls::server::ServerTls>>,
+    /// Transparent listeners: the hosts whose TLS is intercepted, and the client config that
+    /// verifies their real upstreams; `None` = no interception.
+    pub intercept: Option<Arc<crate::transparent::intercept::Intercept>>,
 }
 
 pub struct RouteRt {
@@ -309,6 +312,7 @@ fn build_listener(
             Some(t) => Some(crate::tls::server::ServerTls::build(&l.name.value, t)?),
             None => None,
         },
+        intercept: crate::transparent::intercept::build(&l.name.value, &l.transparent)?,
     })
 }
 

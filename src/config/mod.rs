@@ -102,6 +102,13 @@ impl<T> Loc<T> {
     }
 }
 
+/// Hashes the value only (the line is not part of the configuration's meaning).
+impl<T: std::hash::Hash> std::hash::Hash for Loc<T> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.value.hash(h)
+    }
+}
+
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Loc<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = Spanned::<T>::deserialize(d)?;

@@ -81,7 +81,7 @@ impl Classify for ProxyError {
             | ClientClosed
             | BodyTooLargeToRoute(_)
             | NoOriginalDestination => Side::Downstream,
-            | IdentityNotAllowed(..) => Side::Downstream,
+            IdentityNotAllowed(..) => Side::Downstream,
             NoEndpoint(_)
             | ConnectTimeout(..)
             | ConnectFailed(..)

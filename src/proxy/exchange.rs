@@ -161,7 +161,7 @@ pub async fn serve_connection_with(
             early_head: Cell::new(false),
             served_by: Cell::new(None),
             routing: RefCell::new(RoutingRecord::default()),
-            dst,
+            dst: dst.as_ref(),
         };
         let (keep, local_reply);
         (keep, local_reply, rbuf, wbuf) = ex.run(&mut client, parsed, rbuf, wbuf).await;
@@ -247,7 +247,7 @@ struct Exchange<'a> {
     /// Retries, failover and the rewritten model, for the record.
     routing: RefCell<RoutingRecord>,
     /// Transparent listeners: where the connection was going.
-    dst: Option<crate::transparent::ConnDst>,
+    dst: Option<&'a crate::transparent::ConnDst>,
 }
 
 /// The request body as attempts send it.
@@ -412,10 +412,7 @@ impl<'a> Exchange<'a> {
                 }
                 _ if r.upstream == crate::transparent::ORIGINAL_DST_IDX => match self.dst {
                     Some(d) => {
-                        dyn_up = self
-                            .w
-                            .transparent
-                            .upstream_for(d.target, &self.l.transparent);
+                        dyn_up = self.w.transparent.upstream_for_dst(d, &self.l.transparent);
                         Ok((ridx, r, &dyn_up))
                     }
                     None => Err((ridx as u16, NONE_IDX, ProxyError::NoOriginalDestination)),

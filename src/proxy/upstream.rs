@@ -225,10 +225,19 @@ async fn connect(up: &UpstreamRt, endpoint: usize, timeout_ms: u64) -> Result<Io
             let fd = tcp.as_raw_fd();
             match monoio::time::timeout_at(deadline, connector.connect(name.clone(), tcp)).await {
                 Err(_) => Err(ProxyError::ConnectTimeout(up.name.clone(), timeout_ms)),
-                Ok(Err(e)) => Err(ProxyError::Tls(up.name.clone(), e.to_string())),
+                Ok(Err(e)) => Err(ProxyError::Tls(up.name.clone(), tls_error_detail(&e))),
                 Ok(Ok(s)) => Ok(Io::TlsClient(Box::new(s), fd)),
             }
         }
         _ => Ok(Io::Tcp(tcp)),
+    }
+}
+
+/// The cause of a failed upstream handshake (monoio-rustls' own `Display` says only "io
+/// error"): e.g. `invalid peer certificate: UnknownIssuer`, so the log and the 502 say why.
+fn tls_error_detail(e: &monoio_rustls::TlsError) -> String {
+    match e {
+        monoio_rustls::TlsError::Io(e) => e.to_string(),
+        monoio_rustls::TlsError::Rustls(e) => e.to_string(),
     }
 }

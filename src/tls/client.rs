@@ -99,7 +99,7 @@ pub struct RootsSource {
 }
 
 impl RootsSource {
-    fn build(&self) -> Result<rustls::RootCertStore, String> {
+    pub(crate) fn build(&self) -> Result<rustls::RootCertStore, String> {
         let mut roots = if self.system_roots {
             let mut r = rustls::RootCertStore::empty();
             for c in rustls_native_certs::load_native_certs().certs {

@@ -12,11 +12,13 @@
 //! 3. HTTP goes into the normal connection loop (`proxy::exchange`), routed by original
 //!    destination and Host, with the route's filters, metrics and traces. An unmatched request
 //!    goes to the original destination (an implicit last route, `<listener>-passthrough`);
-//! 4. TLS and everything else are relayed byte for byte ([`tcp_relay`]) to the original
+//! 4. TLS for a server name in `intercept_hosts` is decrypted with a minted leaf and served
+//!    as HTTP, re-encrypted to the original destination ([`intercept`]);
+//! 5. other TLS and everything else are relayed byte for byte ([`tcp_relay`]) to the original
 //!    destination (or to the upstream of a route matching the TLS server name).
 //!
 //! Per-core state ([`PerCore`]): the upstreams made on the fly for original destinations, in a
-//! bounded LRU keyed by address, so their keep-alive pools work like configured upstreams'
+//! bounded LRU keyed by (address, SNI of an intercepted connection or none), so their keep-alive pools work like configured upstreams'
 //! and memory stays bounded whatever the application connects to; and connection counters,
 //! shipped to the telemetry thread with each tick's gauges (no lock, no atomic per
 //! connection).
@@ -25,6 +27,7 @@
 //! for any of this (no getsockopt, no sniff), and the exchange stays about HTTP.
 
 pub mod clienthello;
+pub mod intercept;
 pub mod origdst;
 pub mod sniff;
 pub mod tcp_relay;
@@ -116,6 +119,15 @@ pub struct TransparentConfig {
     /// Idle time after which a pooled connection to an original destination is closed.
     #[serde(default = "pool_idle_timeout_ms_default")]
     pub pool_idle_timeout_ms: u64,
+    /// TLS server names to intercept (decrypt, serve as HTTP, re-encrypt): exact names or
+    /// `*.suffix` patterns. Needs the listener's `tls` in interception mode. Other names are
+    /// passed through undecrypted.
+    #[serde(default)]
+    pub intercept_hosts: Vec<Loc<String>>,
+    /// PEM CA bundle trusted for the real upstreams of intercepted connections, in addition
+    /// to the system roots. Watched: a rotated bundle applies to new connections.
+    #[serde(default)]
+    pub intercept_upstream_ca_file: Option<Loc<String>>,
 }
 
 fn sniff_timeout_ms_default() -> u64 {
@@ -146,6 +158,8 @@ impl Default for TransparentConfig {
             original_destinations_max: ORIGINAL_DESTINATIONS_MAX_DEFAULT,
             pool_idle_max: ORIGINAL_DESTINATION_POOL_IDLE_MAX_DEFAULT,
             pool_idle_timeout_ms: crate::config::POOL_IDLE_TIMEOUT_MS_DEFAULT,
+            intercept_hosts: Vec::new(),
+            intercept_upstream_ca_file: None,
         }
     }
 }
@@ -265,6 +279,7 @@ pub fn validate_listener(l: &ListenerConfig) -> Vec<(u64, String, String)> {
                 format!("must be between 1 and {ORIGINAL_DESTINATIONS_MAX_LIMIT}"),
             ));
         }
+        out.extend(validate_interception(l));
     }
     for (j, r) in l.routes.iter().enumerate() {
         let f = format!("routes[{j}]");
@@ -315,6 +330,44 @@ pub fn validate_listener(l: &ListenerConfig) -> Vec<(u64, String, String)> {
                     "a TLS pass-through route sees no HTTP: it cannot also match path, method, host or headers, nor inspect or filter".into(),
                 ));
             }
+        }
+    }
+    out
+}
+
+/// Interception settings of a transparent listener: patterns, the listener's `tls` mode, the
+/// upstream CA bundle.
+fn validate_interception(l: &ListenerConfig) -> Vec<(u64, String, String)> {
+    let mut out = Vec::new();
+    let t = &l.transparent;
+    for (i, h) in t.intercept_hosts.iter().enumerate() {
+        if let Err(e) = check_sni_pattern(&h.value) {
+            out.push((h.line, format!("transparent.intercept_hosts[{i}]"), e));
+        }
+    }
+    let intercepting = l.tls.as_ref().is_some_and(|x| x.is_intercept());
+    match (t.intercept_hosts.first(), &l.tls) {
+        (Some(h), _) if !intercepting => out.push((
+            h.line,
+            "transparent.intercept_hosts".into(),
+            "needs the listener's tls in interception mode (tls: { intercept_ca_cert_file, intercept_ca_key_file })".into(),
+        )),
+        (None, Some(_)) => out.push((
+            l.bind.line,
+            "tls".into(),
+            "a transparent listener uses tls only to intercept: list the hosts in transparent.intercept_hosts (other TLS is passed through)".into(),
+        )),
+        _ => {}
+    }
+    if let Some(f) = &t.intercept_upstream_ca_file {
+        if t.intercept_hosts.is_empty() {
+            out.push((
+                f.line,
+                "transparent.intercept_upstream_ca_file".into(),
+                "set, but transparent.intercept_hosts is empty".into(),
+            ));
+        } else if let Err(e) = crate::tls::load_roots(&f.value) {
+            out.push((f.line, "transparent.intercept_upstream_ca_file".into(), e));
         }
     }
     out
@@ -376,18 +429,21 @@ pub fn passthrough_route(listener: &str) -> RouteRt {
 }
 
 /// Where a redirected connection was going, and where sluice sends it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnDst {
     /// The address the client connected to (from conntrack).
     pub original: SocketAddr,
     /// Outbound: the same. Inbound: the application, the same port on loopback.
     pub target: SocketAddr,
+    /// An intercepted TLS connection: requests to the original destination are re-encrypted
+    /// (client's SNI, full verification). `None`: plain HTTP.
+    pub tls: Option<intercept::TlsOrigin>,
 }
 
 /// Whether an HTTP request on a connection with `dst` may take route `r` (its
 /// destination conditions; TLS-only routes never match HTTP).
 #[inline]
-pub fn http_route_matches(r: &RouteRt, dst: Option<ConnDst>) -> bool {
+pub fn http_route_matches(r: &RouteRt, dst: Option<&ConnDst>) -> bool {
     if r.sni.is_some() {
         return false;
     }
@@ -424,6 +480,8 @@ pub struct Stats {
     pub errors: HashMap<(Arc<str>, &'static str), u64>,
     /// Original destinations with an upstream on this worker now.
     pub original_destinations: u64,
+    /// listener → TLS connections intercepted (handshake with a minted leaf completed).
+    pub intercepted: HashMap<Arc<str>, u64>,
 }
 
 impl Stats {
@@ -454,6 +512,10 @@ impl Stats {
             .insert((listener.clone(), Arc::from(name)), 1);
     }
 
+    fn intercepted(&mut self, listener: &Arc<str>) {
+        *self.intercepted.entry(listener.clone()).or_default() += 1;
+    }
+
     fn error(&mut self, listener: &Arc<str>, code: &'static str) {
         *self.errors.entry((listener.clone(), code)).or_default() += 1;
     }
@@ -461,14 +523,19 @@ impl Stats {
 
 struct DynEntry {
     up: Arc<UpstreamRt>,
-    settings: (u64, usize, u64),
+    /// (connect timeout, pool size, pool idle timeout, interception fingerprint or 0).
+    settings: (u64, usize, u64, u64),
     last_used: u64,
 }
+
+/// An original-destination upstream's key: the address, and the SNI TLS is re-originated
+/// with (intercepted connections) or `None` (plain).
+type DynKey = (SocketAddr, Option<Arc<str>>);
 
 /// Per-worker transparent-mode state. Lives in the [`Worker`]; never shared.
 #[derive(Default)]
 pub struct PerCore {
-    upstreams: RefCell<HashMap<SocketAddr, DynEntry>>,
+    upstreams: RefCell<HashMap<DynKey, DynEntry>>,
     clock: std::cell::Cell<u64>,
     pub stats: RefCell<Stats>,
 }
@@ -479,28 +546,49 @@ impl PerCore {
     /// only when a new destination arrives at a full map); its idle pooled connections are
     /// closed by the next pool eviction, which no longer sees it live.
     pub fn upstream_for(&self, target: SocketAddr, t: &TransparentConfig) -> Arc<UpstreamRt> {
+        self.upstream_with(target, None, t)
+    }
+
+    /// The upstream for a connection's original destination: plain, or TLS with the
+    /// client's SNI for an intercepted connection (one LRU entry per (address, SNI)).
+    pub fn upstream_for_dst(&self, d: &ConnDst, t: &TransparentConfig) -> Arc<UpstreamRt> {
+        self.upstream_with(d.target, d.tls.as_ref(), t)
+    }
+
+    fn upstream_with(
+        &self,
+        target: SocketAddr,
+        tls: Option<&intercept::TlsOrigin>,
+        t: &TransparentConfig,
+    ) -> Arc<UpstreamRt> {
         let now = self.clock.get().wrapping_add(1);
         self.clock.set(now);
         let settings = (
             t.connect_timeout_ms,
             t.pool_idle_max,
             t.pool_idle_timeout_ms,
+            tls.map_or(0, |o| o.intercept.fingerprint),
         );
+        let key: DynKey = (target, tls.map(|o| o.sni.clone()));
         let mut map = self.upstreams.borrow_mut();
-        if let Some(e) = map.get_mut(&target) {
+        if let Some(e) = map.get_mut(&key) {
             if e.settings == settings {
                 e.last_used = now;
                 return e.up.clone();
             }
         }
-        if map.len() >= t.original_destinations_max && !map.contains_key(&target) {
-            if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| *k) {
+        if map.len() >= t.original_destinations_max && !map.contains_key(&key) {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone())
+            {
                 map.remove(&oldest);
             }
         }
-        let up = Arc::new(dynamic_upstream(target, t));
+        let up = Arc::new(dynamic_upstream(target, tls, t));
         map.insert(
-            target,
+            key,
             DynEntry {
                 up: up.clone(),
                 settings,
@@ -537,10 +625,18 @@ impl PerCore {
     }
 }
 
-fn dynamic_upstream(target: SocketAddr, t: &TransparentConfig) -> UpstreamRt {
+fn dynamic_upstream(
+    target: SocketAddr,
+    tls: Option<&intercept::TlsOrigin>,
+    t: &TransparentConfig,
+) -> UpstreamRt {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     target.hash(&mut h);
     t.hash(&mut h);
+    if let Some(o) = tls {
+        o.sni.hash(&mut h);
+        o.intercept.fingerprint.hash(&mut h);
+    }
     let host = target.ip().to_string();
     let authority = match target.ip() {
         IpAddr::V6(_) => format!("[{host}]:{}", target.port()),
@@ -553,14 +649,14 @@ fn dynamic_upstream(target: SocketAddr, t: &TransparentConfig) -> UpstreamRt {
             host,
             port: target.port(),
             authority,
-            server_name: None,
+            server_name: tls.map(|o| o.server_name.clone()),
             addrs: ArcSwap::from_pointee(vec![target]),
             is_literal_ip: true,
             health: crate::resilience::breaker::EndpointHealth::new(
                 crate::resilience::config::BREAKER_WINDOW_MS_DEFAULT,
             ),
         }],
-        tls: None,
+        tls: tls.map(|o| o.intercept.connector().clone()),
         connect_timeout_ms: t.connect_timeout_ms,
         pool_idle_max: t.pool_idle_max,
         pool_idle_timeout_ms: t.pool_idle_timeout_ms,
@@ -606,6 +702,7 @@ pub async fn serve(
             ListenerMode::TransparentInbound => loopback_for(o),
             _ => o,
         },
+        tls: None,
     });
     let deadline = monoio::time::Instant::now() + Duration::from_millis(t.sniff_timeout_ms.max(1));
     let sniffed = match sniff::sniff(&stream, deadline).await {
@@ -656,14 +753,16 @@ pub async fn serve(
                 .stats
                 .borrow_mut()
                 .sni(&listener, name.as_deref());
-            let target = tls_target(&snap, l, dst, name.as_deref());
+            // TLS interception: a server name listed in `intercept_hosts` is decrypted with a
+            // leaf minted for it (the sniffed ClientHello bytes are replayed into the
+            // handshake), served as HTTP, and re-encrypted to the original destination.
+            if let Some(decision) = intercept::decide(l, dst.as_ref(), name.as_deref()) {
+                drop(snap);
+                intercept::serve(w, listener, stream, peer, guard, sniffed.prefix, decision).await;
+                return;
+            }
+            let target = tls_target(&snap, l, dst.as_ref(), name.as_deref());
             drop(snap);
-            // HOOK(tls-interception): a server name configured for TLS interception is handed
-            // to the interception code here, instead of the pass-through below. It gets the
-            // client `stream`, the ClientHello flight already read (`sniffed.prefix`, to be
-            // fed to the TLS server side before the socket), the parsed ClientHello
-            // (`sniffed.hello`: server name, ALPN) and the original destination (`dst`, to
-            // re-originate TLS to with full verification).
             tracing::debug!(listener = %listener, %peer, sni = name.as_deref().unwrap_or(""), target = ?target, "TLS pass-through");
             pass_through(
                 &w,
@@ -725,7 +824,7 @@ async fn first_request_upgrades(
 fn tls_target(
     snap: &crate::snapshot::Snapshot,
     l: &ListenerRt,
-    dst: Option<ConnDst>,
+    dst: Option<&ConnDst>,
     name: Option<&str>,
 ) -> Option<SocketAddr> {
     let route = l.routes.iter().find(|r| {
@@ -769,6 +868,8 @@ pub enum TransparentError {
     Reset,
     #[error("pass-through idle for {0} ms in both directions: closed")]
     IdleTimeout(u64),
+    #[error("TLS interception: {0}")]
+    Intercept(crate::tls::TlsError),
 }
 
 impl crate::error::Classify for TransparentError {
@@ -777,7 +878,8 @@ impl crate::error::Classify for TransparentError {
         match self {
             TransparentError::NoOriginalDestination
             | TransparentError::Sniff(_)
-            | TransparentError::IdleTimeout(_) => Side::Downstream,
+            | TransparentError::IdleTimeout(_)
+            | TransparentError::Intercept(_) => Side::Downstream,
             // A reset may come from either peer; the destination is the usual suspect.
             TransparentError::ConnectFailed(..)
             | TransparentError::ConnectTimeout(..)
@@ -787,7 +889,7 @@ impl crate::error::Classify for TransparentError {
     fn status(&self) -> u16 {
         match self {
             TransparentError::NoOriginalDestination => 421,
-            TransparentError::Sniff(_) => 400,
+            TransparentError::Sniff(_) | TransparentError::Intercept(_) => 400,
             TransparentError::ConnectTimeout(..) | TransparentError::IdleTimeout(_) => 504,
             TransparentError::ConnectFailed(..) | TransparentError::Reset => 502,
         }
@@ -800,6 +902,7 @@ impl crate::error::Classify for TransparentError {
             TransparentError::ConnectTimeout(..) => "connect_timeout",
             TransparentError::Reset => "reset",
             TransparentError::IdleTimeout(_) => "idle_timeout",
+            TransparentError::Intercept(_) => "tls_intercept_failed",
         }
     }
 }
@@ -884,6 +987,7 @@ pub mod names {
     pub const TLS_SERVER_NAMES_TOTAL: &str = "sluice_transparent_tls_connections_total";
     pub const ERRORS_TOTAL: &str = "sluice_transparent_errors_total";
     pub const ORIGINAL_DESTINATIONS: &str = "sluice_transparent_original_destinations";
+    pub const TLS_INTERCEPTED_TOTAL: &str = "sluice_transparent_tls_intercepted_total";
 }
 
 /// On the telemetry thread: publish the sum of every worker's counters.
@@ -893,7 +997,11 @@ pub fn publish<'a>(all: impl Iterator<Item = &'a Stats>) {
     let mut sni: HashMap<(&str, &str), u64> = HashMap::new();
     let mut errors: HashMap<(&str, &'static str), u64> = HashMap::new();
     let mut dests = 0u64;
+    let mut intercepted: HashMap<&str, u64> = HashMap::new();
     for s in all {
+        for (l, n) in &s.intercepted {
+            *intercepted.entry(l).or_default() += n;
+        }
         for ((l, p), n) in &s.connections {
             *conns.entry((l, *p)).or_default() += n;
         }
@@ -927,6 +1035,9 @@ pub fn publish<'a>(all: impl Iterator<Item = &'a Stats>) {
     for ((l, c), n) in errors {
         metrics::counter!(names::ERRORS_TOTAL, "listener" => l.to_string(), "code" => c)
             .absolute(n);
+    }
+    for (l, n) in intercepted {
+        metrics::counter!(names::TLS_INTERCEPTED_TOTAL, "listener" => l.to_string()).absolute(n);
     }
     metrics::gauge!(names::ORIGINAL_DESTINATIONS).set(dests as f64);
 }
@@ -1060,16 +1171,30 @@ upstreams:
             Some(ConnDst {
                 original: o.parse().unwrap(),
                 target: o.parse().unwrap(),
+                tls: None,
             })
         };
-        assert!(http_route_matches(&l.routes[0], dst("10.211.1.2:80")));
-        assert!(!http_route_matches(&l.routes[0], dst("10.211.1.2:8080")));
-        assert!(!http_route_matches(&l.routes[0], dst("10.1.1.2:80")));
+        assert!(http_route_matches(
+            &l.routes[0],
+            dst("10.211.1.2:80").as_ref()
+        ));
+        assert!(!http_route_matches(
+            &l.routes[0],
+            dst("10.211.1.2:8080").as_ref()
+        ));
+        assert!(!http_route_matches(
+            &l.routes[0],
+            dst("10.1.1.2:80").as_ref()
+        ));
         assert!(!http_route_matches(&l.routes[0], None));
-        assert!(!http_route_matches(&l.routes[1], dst("10.211.1.2:443")));
+        assert!(!http_route_matches(
+            &l.routes[1],
+            dst("10.211.1.2:443").as_ref()
+        ));
         assert!(http_route_matches(&l.routes[2], None));
         // TLS: the SNI route's upstream, else the original destination.
         let d = dst("1.2.3.4:443");
+        let d = d.as_ref();
         assert_eq!(
             tls_target(&snap, l, d, Some("api.openai.com")),
             Some("10.0.0.9:443".parse().unwrap())
@@ -1145,6 +1270,134 @@ upstreams:
         assert!(crate::config::parse("t.yaml", &unknown).is_err());
         let mode = TP.replace("transparent_outbound", "transparent");
         assert!(crate::config::parse("t.yaml", &mode).is_err());
+    }
+
+    fn intercept_yaml(dir: &std::path::Path, hosts: &str) -> String {
+        if !dir.join("ca.pem").exists() {
+            crate::tls::ca::cmd_init(dir, "intercept.test", 1).unwrap();
+        }
+        format!(
+            r#"
+listeners:
+  - name: outbound
+    bind: 127.0.0.1:0
+    mode: transparent_outbound
+    tls:
+      intercept_ca_cert_file: {d}/ca.pem
+      intercept_ca_key_file: {d}/ca-key.pem
+    transparent:
+      intercept_hosts: {hosts}
+      intercept_upstream_ca_file: {d}/ca.pem
+    routes:
+      - match: {{ path_prefix: /v1/ }}
+        upstream: original_destination
+        inspect: {{}}
+"#,
+            d = dir.display()
+        )
+    }
+
+    #[test]
+    fn interception_is_decided_by_sni_and_keys_upstreams_by_address_and_sni() {
+        let d = tempfile::tempdir().unwrap();
+        let y = intercept_yaml(d.path(), r#"["api.openai.com", "*.example.com"]"#);
+        let c = crate::config::parse("t.yaml", &y).unwrap();
+        let snap = crate::snapshot::Snapshot::build(c, 1, None).unwrap();
+        let l = &snap.listeners[0];
+        let ic = l.intercept.as_ref().unwrap();
+        assert!(ic.matches("api.openai.com") && ic.matches("a.example.com"));
+        assert!(!ic.matches("example.com") && !ic.matches("openai.com"));
+        let plain = ConnDst {
+            original: "10.0.0.1:443".parse().unwrap(),
+            target: "10.0.0.1:443".parse().unwrap(),
+            tls: None,
+        };
+        let intercept::Decision { dst, server_tls } =
+            intercept::decide(l, Some(&plain), Some("api.openai.com")).unwrap();
+        assert!(server_tls.is_intercept());
+        assert_eq!(dst.target, plain.target);
+        assert_eq!(dst.tls.as_ref().map(|o| &*o.sni), Some("api.openai.com"));
+        // Not listed, no SNI, no original destination: passed through.
+        assert!(intercept::decide(l, Some(&plain), Some("model.test")).is_none());
+        assert!(intercept::decide(l, Some(&plain), None).is_none());
+        assert!(intercept::decide(l, None, Some("api.openai.com")).is_none());
+
+        // One upstream per (address, SNI): TLS with the client's SNI as server name.
+        let pc = PerCore::default();
+        let t = &l.transparent;
+        let up = pc.upstream_for_dst(&dst, t);
+        assert!(up.tls.is_some());
+        assert_eq!(
+            up.endpoints[0].server_name.as_ref().map(|n| n.to_str()),
+            Some("api.openai.com".into())
+        );
+        assert!(Arc::ptr_eq(&up, &pc.upstream_for_dst(&dst, t)));
+        let raw = pc.upstream_for_dst(&plain, t);
+        assert!(raw.tls.is_none() && raw.endpoints[0].server_name.is_none());
+        let dst2 = intercept::decide(l, Some(&plain), Some("b.example.com"))
+            .unwrap()
+            .dst;
+        let up2 = pc.upstream_for_dst(&dst2, t);
+        assert!(!Arc::ptr_eq(&up, &up2));
+        assert_ne!(up.fingerprint, up2.fingerprint);
+        assert_ne!(up.fingerprint, raw.fingerprint);
+        assert_eq!(pc.stats.borrow().original_destinations, 3);
+    }
+
+    #[test]
+    fn interception_config_errors_name_line_and_field() {
+        let d = tempfile::tempdir().unwrap();
+        let y = intercept_yaml(d.path(), r#"["api.openai.com", "Bad_Host"]"#);
+        let e = crate::config::parse("t.yaml", &y).unwrap_err().to_string();
+        assert!(
+            e.contains("t.yaml:10: listeners[0].transparent.intercept_hosts[1]: `Bad_Host`"),
+            "{e}"
+        );
+        // Hosts to intercept, but the listener cannot mint certificates.
+        let no_tls = intercept_yaml(d.path(), r#"["api.openai.com"]"#)
+            .lines()
+            .filter(|l| !l.contains("tls:") && !l.contains("intercept_ca_"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let e = crate::config::parse("t.yaml", &no_tls)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.yaml:7: listeners[0].transparent.intercept_hosts: needs the listener's tls in interception mode"),
+            "{e}"
+        );
+        // tls on a transparent listener without hosts to intercept.
+        let no_hosts = y
+            .lines()
+            .filter(|l| {
+                !l.contains("intercept_hosts")
+                    && !l.contains("intercept_upstream")
+                    && !l.contains("transparent:")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let e = crate::config::parse("t.yaml", &no_hosts)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "t.yaml:4: listeners[0].tls: a transparent listener uses tls only to intercept"
+            ),
+            "{e}"
+        );
+        let bad_ca = intercept_yaml(d.path(), r#"["api.openai.com"]"#).replace(
+            "intercept_upstream_ca_file: ",
+            "intercept_upstream_ca_file: /nonexistent",
+        );
+        let e = crate::config::parse("t.yaml", &bad_ca)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "t.yaml:11: listeners[0].transparent.intercept_upstream_ca_file: /nonexistent"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -535,3 +535,172 @@ def test_iptables_is_idempotent_and_cleans_up(net):
 
     bad = net.exec(net.app, SLUICE_BIN, "iptables", "--exclude-outbound-ports", "http", check=False)
     assert bad.returncode == 2 and "not a port" in bad.stderr
+
+
+# ---- TLS interception (issue 7, test 2): the client trusts the sluice CA, sluice verifies the
+# model server's certificate (issued by the model's own CA) before re-encrypting to it.
+
+INTERCEPT_CONFIG = """\
+workers: 1
+admin: {{ bind: 127.0.0.1:15000 }}
+telemetry: {{ flush_interval_ms: 50 }}
+listeners:
+  - name: outbound
+    bind: "[::]:15001"
+    mode: transparent_outbound
+    tls:
+      intercept_ca_cert_file: {d}/icpt/ca.pem
+      intercept_ca_key_file: {d}/icpt/ca-key.pem
+    transparent:
+      sniff_timeout_ms: 300
+      intercept_hosts: [model.test, "*.intercepted.test"]
+{upstream_ca}
+    routes:
+      - match: {{ path_prefix: /v1/ }}
+        upstream: original_destination
+        inspect: {{}}
+"""
+
+
+def _tls_pod(net, trust_model_ca):
+    """The model namespace serves the mock over TLS on :443 with a certificate for model.test
+    and plain.test from its own CA; sluice intercepts model.test (trusting that CA or not)."""
+    d = net.dir
+    sh(SLUICE_BIN, "ca", "init", "--out", str(d / "modelca"), "--trust-domain", "model.test")
+    sh(SLUICE_BIN, "ca", "issue", "--ca", str(d / "modelca"), "--spiffe",
+       "spiffe://model.test/ns/models/sa/mock", "--dns", "model.test", "--dns", "plain.test",
+       "--out", str(d / "model"))
+    sh(SLUICE_BIN, "ca", "init", "--out", str(d / "icpt"), "--trust-domain", "sluice.test")
+    for f in d.rglob("*.pem"):
+        os.chmod(f, 0o644)  # sluice runs as uid 1337
+    for sub in ("modelca", "model", "icpt"):
+        os.chmod(d / sub, 0o755)
+    with open(Path("/etc/netns") / net.app / "hosts", "a") as h:
+        h.write(f"{net.model_ip} plain.test\n")
+    net.start_mock(net.model, f"{net.model_ip}:443", "--tls-cert", str(d / "model" / "cert.pem"),
+                   "--tls-key", str(d / "model" / "key.pem"))
+    ca_line = (f"      intercept_upstream_ca_file: {d}/modelca/ca.pem" if trust_model_ca else "")
+    net.start_sluice(INTERCEPT_CONFIG.format(d=d, upstream_ca=ca_line))
+    r = net.iptables()
+    assert "rules installed" in r.stdout, r.stdout + r.stderr
+    return net
+
+
+def _mock_requests(net):
+    return json.loads(net.exec(net.model, "curl", "-sk",
+                               f"https://{net.model_ip}/__mock/requests").stdout)
+
+
+@pytest.fixture
+def tls_pod(net):
+    return _tls_pod(net, trust_model_ca=True)
+
+
+@pytest.fixture
+def tls_pod_untrusted(net):
+    return _tls_pod(net, trust_model_ca=False)
+
+
+def test_intercepted_tls_is_inspected_and_the_upstream_is_verified(tls_pod):
+    pod = tls_pod
+    sluice_ca = str(pod.dir / "icpt" / "ca.pem")
+    body = chat_body(content="Count my tokens through TLS interception.").decode()
+    # curl trusts only the sluice CA: it can only succeed through interception.
+    r = pod.exec(pod.app, "curl", "-s", "-w", "\n%{http_code}", "--cacert", sluice_ca,
+                 "https://model.test/v1/chat/completions", "-H", "content-type: application/json",
+                 "-H", "authorization: Bearer sk-test", "-d", body, check=False)
+    out, _, status = r.stdout.rpartition("\n")
+    assert status == "200", r.stdout + r.stderr
+    usage = json.loads(out)["usage"]
+
+    sdk = textwrap.dedent(f"""
+        import httpx, json, openai, ssl
+        ctx = ssl.create_default_context(cafile="{sluice_ca}")
+        c = openai.OpenAI(base_url="https://model.test/v1", api_key="sk-test", max_retries=0,
+                          http_client=httpx.Client(verify=ctx))
+        r = c.chat.completions.create(model="gpt-4o-mini",
+                                      messages=[{{"role": "user", "content": "Hello over TLS"}}])
+        s = c.chat.completions.create(model="gpt-4o-mini", stream=True,
+                                      stream_options={{"include_usage": True}},
+                                      messages=[{{"role": "user", "content": "Stream to me"}}])
+        text = "".join(ch.choices[0].delta.content or "" for ch in s if ch.choices)
+        print(json.dumps({{"out": r.usage.completion_tokens, "text": text}}))
+    """)
+    r = pod.exec(pod.app, "python3", "-c", sdk, check=False)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["out"] == 16 and got["text"].startswith("Hello from the sluice")
+
+    out_tokens = usage["completion_tokens"] + 16 + 16
+    assert pod.wait_metric("sluice_gen_ai_tokens_total", out_tokens,
+                           gen_ai_token_type="output") == out_tokens
+    assert pod.metric("sluice_requests_total", listener="outbound", route="outbound-0",
+                      upstream="original_destination", status="200") == 3
+    # curl, and the SDK's one keep-alive connection (or two): all intercepted.
+    assert pod.wait_metric("sluice_transparent_tls_intercepted_total", 2, listener="outbound") >= 2
+    assert pod.metric("sluice_transparent_tls_connections_total", listener="outbound",
+                      sni="model.test") >= 2
+    assert pod.metric("sluice_transparent_passthrough_bytes_total", listener="outbound",
+                      protocol="tls") == 0
+    # The model server got them from sluice, over TLS, addressed to itself.
+    rec = _mock_requests(pod)
+    assert len(rec) == 3, rec
+    for req in rec:
+        assert req["headers"].get("host") == "model.test", req["headers"]
+        assert "sluice" in req["headers"].get("via", ""), req["headers"]
+
+    # A client that does not trust the sluice CA refuses the minted certificate: the failed
+    # handshake is counted, nothing reaches the model.
+    r = pod.exec(pod.app, "curl", "-s", "--cacert", str(pod.dir / "modelca" / "ca.pem"),
+                 "https://model.test/v1/models", check=False)
+    assert r.returncode == 60, (r.returncode, r.stderr)  # peer certificate cannot be verified
+    assert pod.wait_metric("sluice_transparent_errors_total", 1, listener="outbound",
+                           code="tls_intercept_failed") == 1
+    assert len(_mock_requests(pod)) == 3 + 0  # (the record query itself is not recorded)
+
+    # A server name not listed for interception passes through untouched: the client verifies
+    # the model server's own certificate, and the request arrives without sluice's Via.
+    r = pod.exec(pod.app, "curl", "-s", "-w", "\n%{http_code}", "--cacert",
+                 str(pod.dir / "modelca" / "ca.pem"), "https://plain.test/v1/chat/completions",
+                 "-H", "content-type: application/json", "-d", chat_body().decode(), check=False)
+    assert r.stdout.endswith("\n200"), r.stdout + r.stderr
+    assert pod.wait_metric("sluice_transparent_tls_connections_total", 1, listener="outbound",
+                           sni="plain.test") == 1
+    assert pod.wait_metric("sluice_transparent_passthrough_bytes_total", 500, listener="outbound",
+                           protocol="tls", direction="out") > 500
+    rec = _mock_requests(pod)
+    assert len(rec) == 4 and "via" not in rec[3]["headers"], rec
+    assert pod.metric("sluice_requests_total", listener="outbound") == 3
+
+
+def test_intercepted_upstream_with_an_untrusted_certificate_is_a_502(tls_pod_untrusted):
+    pod = tls_pod_untrusted
+    sluice_ca = str(pod.dir / "icpt" / "ca.pem")
+    r = pod.exec(pod.app, "curl", "-s", "-w", "\n%{http_code}", "--cacert", sluice_ca,
+                 "https://model.test/v1/chat/completions", "-H", "content-type: application/json",
+                 "-d", chat_body().decode(), check=False)
+    out, _, status = r.stdout.rpartition("\n")
+    assert status == "502", r.stdout + r.stderr
+    err = json.loads(out)["error"]
+    assert err["code"] == "upstream_tls_failed" and err["type"] and err["message"], err
+    assert "UnknownIssuer" in pod.sluice_log.read_text()  # the log says why
+    # The SDK sees the same error in the shape it knows.
+    sdk = textwrap.dedent(f"""
+        import httpx, openai, ssl
+        ctx = ssl.create_default_context(cafile="{sluice_ca}")
+        c = openai.OpenAI(base_url="https://model.test/v1", api_key="sk-test", max_retries=0,
+                          http_client=httpx.Client(verify=ctx))
+        try:
+            c.chat.completions.create(model="gpt-4o-mini",
+                                      messages=[{{"role": "user", "content": "hi"}}])
+            print("no error")
+        except openai.APIStatusError as e:
+            print(e.status_code, e.body["code"])
+    """)
+    r = pod.exec(pod.app, "python3", "-c", sdk, check=False)
+    assert r.stdout.split() == ["502", "upstream_tls_failed"], r.stdout + r.stderr
+    assert pod.wait_metric("sluice_requests_total", 2, listener="outbound",
+                           status="502") == 2
+    # Nothing was sent to the server sluice could not verify.
+    assert _mock_requests(pod) == []
+    assert pod.metric("sluice_gen_ai_tokens_total") == 0
