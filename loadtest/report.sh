@@ -24,7 +24,12 @@ for sc in ${SCENARIOS:-chat-small chat-rate-2000 inspect-rate-2000 chat-sse pii-
     sleep 2  # let the previous run's processes release their ports
     # shellcheck disable=SC2086
     cfg=loadtest/peers/compare.yaml; [ "$sc" = inspect-rate-2000 ] && cfg=loadtest/peers/compare-inspect.yaml
+    more=""
+    if [ "$sc" = chat-rate-2000 ]; then
+        # sluice with busy polling, for the p99 row of the Goals table.
+        more="--target sluice-busypoll=http://127.0.0.1:15501 --cpus sluice-busypoll=1 --start sluice-busypoll=./start-sluice-busypoll.sh"
+    fi
     "$bin" compare --config "$cfg" --scenario "loadtest/scenarios/$sc.yaml" \
-        --out "$results/$sc.json" $extra || echo "report.sh: $sc finished with status $? (see above)" >&2
+        --out "$results/$sc.json" $extra $more || echo "report.sh: $sc finished with status $? (see above)" >&2
 done
 "$bin" report --results "$results" --out docs/benchmarks.md

@@ -256,6 +256,15 @@ fn goals(reports: &[CompareReport]) -> String {
         us(over("envoy", p99)),
         verdict(over("sluice", p99).map(|v| v <= 100))
     ));
+    if lat("chat-rate-2000", "sluice-busypoll").is_some() {
+        s.push_str(&format!(
+            "| added latency p99, `busy_poll_us: 200` | chat-rate-2000, 2,000 req/s open loop | {} (p50 {}) | {} | ≤ 100 us | {} |\n",
+            us(over("sluice-busypoll", p99)),
+            us(over("sluice-busypoll", p50)),
+            us(over("envoy", p99)),
+            verdict(over("sluice-busypoll", p99).map(|v| v <= 100))
+        ));
+    }
     // TTFT overhead.
     let td = ttft("chat-sse", "direct");
     let tover = |t: &str| {
