@@ -11,9 +11,12 @@
 //! * [`pii`]: PII detection and redaction engine, shared read-only by all cores.
 //! * [`telemetry`]: per-request records batched off the hot path into metrics and access logs.
 //! * [`admin`]: readiness, metrics, running config.
+//! * [`auth`]: inbound authentication (API keys, JWT) and outbound credential injection.
+//! * [`ratelimit`]: requests/tokens rate limits, local (lock-free GCRA) or global (Redis leases).
 //! * [`error`]: the error vocabulary shared by every boundary.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod filter;
@@ -22,6 +25,7 @@ pub mod inspect;
 pub mod otel;
 pub mod pii;
 pub mod proxy;
+pub mod ratelimit;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;

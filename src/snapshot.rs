@@ -99,6 +99,8 @@ pub struct UpstreamRt {
     pub pool_idle_max: usize,
     pub pool_idle_timeout_ms: u64,
     pub host_rewrite: HostRewrite,
+    /// The credential sluice sends (the client's is stripped); `None`: the client's passes.
+    pub credential: Option<Arc<crate::auth::Credential>>,
 }
 
 pub enum HostRewrite {
@@ -153,7 +155,7 @@ impl Snapshot {
         let listeners = config
             .listeners
             .iter()
-            .map(|l| build_listener(l, &index, engine.as_ref()))
+            .map(|l| build_listener(l, &index, engine.as_ref(), &config.rate_limit))
             .collect::<Result<Vec<_>, _>>()?;
         let mut models = match &config.pricing.file {
             Some(f) => config::load_pricing_file(&f.value)?,
@@ -242,6 +244,7 @@ fn build_listener(
     l: &ListenerConfig,
     index: &HashMap<String, usize>,
     engine: Option<&Arc<crate::pii::Engine>>,
+    rl: &crate::ratelimit::RateLimitConfig,
 ) -> Result<ListenerRt, String> {
     let addr: SocketAddr = l
         .bind
@@ -252,7 +255,7 @@ fn build_listener(
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| build_route(&l.name.value, i, r, index, engine))
+        .map(|(i, r)| build_route(&l.name.value, i, r, index, engine, (l, rl)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ListenerRt {
         name: Arc::from(l.name.value.as_str()),
@@ -273,6 +276,7 @@ fn build_route(
     r: &RouteConfig,
     index: &HashMap<String, usize>,
     engine: Option<&Arc<crate::pii::Engine>>,
+    (lc, rl): (&ListenerConfig, &crate::ratelimit::RateLimitConfig),
 ) -> Result<RouteRt, String> {
     use crate::filter::{Chain, Filter, InspectFilter, PiiFilter};
     let mut filters = Vec::new();
@@ -298,6 +302,8 @@ fn build_route(
             }));
         }
     }
+    let name = r.name.clone().unwrap_or_else(|| format!("{listener}-{i}"));
+    let rules = crate::ratelimit::rules_for_route(listener, &name, lc, r, rl)?;
     if let Some(ic) = &r.inspect {
         let dialect = if ic.dialect.value == "auto" {
             None
@@ -320,6 +326,25 @@ fn build_route(
             include_usage: ic.include_usage,
         }));
     }
+    if let Some(rf) = rules {
+        if rf.needs_body && r.inspect.is_none() {
+            // Token limits and `model` keys need the request's facts and the response's
+            // usage: they imply inspection (auto dialect).
+            filters.push(Filter::Inspect(InspectFilter {
+                dialect: None,
+                include_usage: crate::config::IncludeUsage::Off,
+            }));
+        }
+        filters.push(Filter::RateLimit(rf));
+    }
+    if let Some(a) = r.auth.as_ref().or(lc.auth.as_ref()) {
+        let scope = if r.auth.is_some() {
+            format!("{listener}/{name}")
+        } else {
+            listener.to_string()
+        };
+        filters.insert(0, Filter::Auth(crate::auth::AuthFilter::build(a, &scope)?));
+    }
     let chain = (!filters.is_empty()).then(|| {
         Arc::new(Chain {
             filters,
@@ -331,7 +356,6 @@ fn build_route(
     let upstream = *index
         .get(&r.upstream.value)
         .ok_or_else(|| format!("route {i}: unknown upstream {}", r.upstream.value))?;
-    let name = r.name.clone().unwrap_or_else(|| format!("{listener}-{i}"));
     Ok(RouteRt {
         name: Arc::from(name.as_str()),
         path_prefix: r.matcher.path_prefix.clone(),
@@ -417,6 +441,11 @@ fn build_upstream(
         pool_idle_max: u.pool.idle_max,
         pool_idle_timeout_ms: u.pool.idle_timeout_ms,
         host_rewrite,
+        credential: u
+            .auth
+            .as_ref()
+            .map(|a| crate::auth::Credential::build(a, name))
+            .transpose()?,
     })
 }
 

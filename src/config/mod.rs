@@ -200,6 +200,9 @@ pub struct Config {
     /// OpenTelemetry traces: one span per model call, OTLP/HTTP. Restart to change.
     #[serde(default)]
     pub otel: crate::otel::OtelConfig,
+    /// The backend of global rate limits (`rate_limit.redis`).
+    #[serde(default)]
+    pub rate_limit: crate::ratelimit::RateLimitConfig,
 }
 
 /// Default header naming the calling service.
@@ -448,6 +451,12 @@ pub struct ListenerConfig {
     pub idle_timeout_ms: u64,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Inbound authentication for every route of the listener (a route's own `auth` wins).
+    #[serde(default)]
+    pub auth: Option<crate::auth::InboundConfig>,
+    /// Rate limits applied to every route of the listener (before the route's own).
+    #[serde(default)]
+    pub rate_limits: Vec<crate::ratelimit::RuleConfig>,
 }
 
 fn header_bytes_max_default() -> usize {
@@ -480,6 +489,12 @@ pub struct RouteConfig {
     /// PII enforcement with the top-level `pii` engine. Off when absent.
     #[serde(default)]
     pub pii: Option<PiiRouteConfig>,
+    /// Inbound authentication (replaces the listener's).
+    #[serde(default)]
+    pub auth: Option<crate::auth::InboundConfig>,
+    /// Rate limits of this route (after the listener's).
+    #[serde(default)]
+    pub rate_limits: Vec<crate::ratelimit::RuleConfig>,
 }
 
 /// All given conditions must hold. An empty match matches every request.
@@ -543,6 +558,9 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
     #[serde(default)]
     pub pool: PoolConfig,
+    /// Credential sluice sends to this upstream (the client's is stripped).
+    #[serde(default)]
+    pub auth: Option<crate::auth::OutboundConfig>,
 }
 
 fn host_rewrite_default() -> String {
@@ -883,6 +901,12 @@ impl Validator<'_> {
             if let Err(e) = built {
                 self.err(0, "pii", e.to_string());
             }
+        }
+        let mut policy = Vec::new();
+        crate::ratelimit::validate_config(c, &mut policy);
+        crate::auth::validate_config(c, &mut policy);
+        for (line, field, problem) in policy {
+            self.err(line, field, problem);
         }
         for (name, u) in &c.upstreams {
             let f = format!("upstreams.{name}");

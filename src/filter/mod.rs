@@ -55,6 +55,10 @@ pub struct PiiFilter {
 pub enum Filter {
     Pii(PiiFilter),
     Inspect(InspectFilter),
+    /// Inbound authentication; always first (its identity keys the rate limits).
+    Auth(crate::auth::AuthFilter),
+    /// Rate limits; after inspection (token limits need the request's facts).
+    RateLimit(crate::ratelimit::RateLimitFilter),
 }
 
 pub struct Chain {
@@ -121,6 +125,10 @@ pub struct ExchangeCtx {
     pub response_status: u16,
     /// A non-streaming JSON response held for PII redaction (bounded by `body_bytes_max`).
     pub response_hold: Option<Vec<u8>>,
+    /// What the rate limits took (to give back or reconcile) and the `x-ratelimit-*` values.
+    pub ratelimit: crate::ratelimit::ExchangeLimits,
+    /// The caller was authenticated by an auth filter (its credential is not forwarded).
+    pub authenticated: bool,
 }
 
 impl ExchangeCtx {
@@ -141,6 +149,8 @@ impl ExchangeCtx {
             streaming: false,
             response_status: 0,
             response_hold: None,
+            ratelimit: Default::default(),
+            authenticated: false,
         }
     }
 }
@@ -253,6 +263,31 @@ impl Chain {
         })
     }
 
+    fn ratelimit(&self) -> Option<&crate::ratelimit::RateLimitFilter> {
+        self.filters.iter().find_map(|f| match f {
+            Filter::RateLimit(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// The `x-ratelimit-*` (and, on a refusal, `retry-after`) values every answer carries.
+    pub fn rate_headers<'c>(
+        &self,
+        ctx: &'c ExchangeCtx,
+    ) -> Option<&'c crate::ratelimit::RateHeaders> {
+        let h = &ctx.ratelimit.headers;
+        (!h.is_empty()).then_some(h)
+    }
+
+    /// Phase 7 part: token reservations replaced by the actual usage.
+    fn reconcile_limits(&self, ctx: &mut ExchangeCtx, usage: Option<&inspect::Usage>) {
+        if let Some(r) = self.ratelimit() {
+            let actual = usage.map(|u| u.total_tokens.max(u.input_tokens + u.output_tokens));
+            let billed = actual.is_some() || (200..300).contains(&ctx.response_status);
+            r.reconcile(ctx, actual, billed);
+        }
+    }
+
     fn inspect(&self) -> Option<&InspectFilter> {
         self.filters.iter().find_map(|f| match f {
             Filter::Inspect(i) => Some(i),
@@ -269,6 +304,13 @@ impl Chain {
         if let Some(i) = self.inspect() {
             ctx.dialect = Dialect::resolve(i.dialect, head.method_str(), head.path());
         }
+        for f in &self.filters {
+            match f {
+                Filter::Auth(a) => a.on_request_head(ctx, head)?,
+                Filter::RateLimit(r) => r.on_request_head(ctx, head).await?,
+                Filter::Pii(_) | Filter::Inspect(_) => {}
+            }
+        }
         Ok(())
     }
 
@@ -280,11 +322,18 @@ impl Chain {
         self.filters.iter().any(|f| match f {
             Filter::Pii(p) => p.engine.enabled(),
             Filter::Inspect(_) => ctx.dialect.is_some(),
+            Filter::Auth(_) => false,
+            Filter::RateLimit(r) => r.needs_body,
         })
     }
 
-    /// The body exceeded `body_bytes_max`: `Ok` = forward it uninspected.
-    pub fn on_body_over_limit(&self, ctx: &mut ExchangeCtx) -> Result<(), Reject> {
+    /// The body exceeded `body_bytes_max`: `Ok` = forward it uninspected (rate limits that
+    /// waited for the body are applied now, with the default token estimate).
+    pub async fn on_body_over_limit(
+        &self,
+        ctx: &mut ExchangeCtx,
+        head: &RequestHead,
+    ) -> Result<(), Reject> {
         if self.fails_closed || self.over_limit == OverLimit::Reject {
             return Err(Reject {
                 status: 413,
@@ -296,6 +345,9 @@ impl Chain {
             });
         }
         ctx.body_uninspected = true;
+        if let Some(r) = self.ratelimit() {
+            r.on_request_body(ctx, head, self.body_bytes_max).await?;
+        }
         Ok(())
     }
 
@@ -385,6 +437,8 @@ impl Chain {
                         }
                     }
                 }
+                Filter::Auth(_) => {}
+                Filter::RateLimit(r) => r.on_request_body(ctx, head, body.len()).await?,
             }
         }
         Ok(changed)
@@ -537,6 +591,7 @@ impl Chain {
             })
             .collect();
         if ctx.dialect.is_none() {
+            self.reconcile_limits(ctx, None);
             if pii.is_empty() {
                 return None;
             }
@@ -556,6 +611,7 @@ impl Chain {
                 }
             }
         }
+        self.reconcile_limits(ctx, report.as_ref().and_then(|r| r.usage.as_ref()));
         let now_unix_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

@@ -349,9 +349,10 @@ impl<'a> Exchange<'a> {
         // Phase 1: request head filters.
         if let Some((chain, ctx)) = fx.as_mut() {
             if let Err(r) = chain.on_request_head(ctx, head).await {
-                let body_read = rbuf.is_empty();
+                let body_read = skip_buffered_body(head, &mut rbuf);
+                let rl = chain.rate_headers(ctx).copied();
                 return self
-                    .reject(client, head, r, rbuf, wbuf, body_read, t_head)
+                    .reject_with(client, head, r, rbuf, wbuf, body_read, t_head, rl)
                     .await;
             }
         }
@@ -389,6 +390,7 @@ impl<'a> Exchange<'a> {
             .map(|t| t.header_value());
         let mut decoder = BodyDecoder::new(head.body_kind());
         let body_done;
+        let strip_cred = fx.as_ref().is_some_and(|(_, ctx)| ctx.authenticated);
 
         // Phases 2-3: a filter that needs the body gets it whole (bounded), before anything
         // is forwarded; otherwise the body streams through as it arrives.
@@ -418,21 +420,26 @@ impl<'a> Exchange<'a> {
                                 request_id,
                                 framing,
                                 traceparent.as_deref(),
+                                strip_cred,
                             );
                             wbuf.extend_from_slice(&body);
                             body_done = true;
                         }
                         Err(r) => {
                             self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
-                            return self.reject(client, head, r, rbuf, wbuf, true, t_head).await;
+                            let rl = chain.rate_headers(ctx).copied();
+                            return self
+                                .reject_with(client, head, r, rbuf, wbuf, true, t_head, rl)
+                                .await;
                         }
                     }
                 }
                 Ok(Buffered::OverLimit(raw)) => {
-                    if let Err(r) = chain.on_body_over_limit(ctx) {
+                    if let Err(r) = chain.on_body_over_limit(ctx, head).await {
                         self.w.pools.borrow_mut().discard(conn);
+                        let rl = chain.rate_headers(ctx).copied();
                         return self
-                            .reject(client, head, r, rbuf, wbuf, false, t_head)
+                            .reject_with(client, head, r, rbuf, wbuf, false, t_head, rl)
                             .await;
                     }
                     bytes_in += raw.len() as u64;
@@ -445,6 +452,7 @@ impl<'a> Exchange<'a> {
                         request_id,
                         BodyFraming::AsReceived,
                         traceparent.as_deref(),
+                        strip_cred,
                     );
                     wbuf.extend_from_slice(&raw);
                     body_done = decoder.is_done();
@@ -469,6 +477,7 @@ impl<'a> Exchange<'a> {
                 request_id,
                 BodyFraming::AsReceived,
                 traceparent.as_deref(),
+                strip_cred,
             );
             let first = match decoder.advance(&rbuf, |_| {}) {
                 Ok(p) => p,
@@ -624,6 +633,7 @@ impl<'a> Exchange<'a> {
             keep_client,
             chunked_out,
             kind,
+            fx.as_ref().and_then(|(chain, ctx)| chain.rate_headers(ctx)),
         );
         let t_resp_head = Instant::now();
         let mut head_pending = true;
@@ -883,9 +893,9 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    /// Answer a filter's refusal.
+    /// Answer a filter's refusal, with the rate-limit headers of the exchange.
     #[allow(clippy::too_many_arguments)]
-    async fn reject(
+    async fn reject_with(
         &self,
         client: &mut Io,
         head: &RequestHead,
@@ -894,6 +904,7 @@ impl<'a> Exchange<'a> {
         mut wbuf: Vec<u8>,
         may_keep: bool,
         t_head: Instant,
+        rate_limits: Option<crate::ratelimit::RateHeaders>,
     ) -> (Done, Vec<u8>, Vec<u8>) {
         let keep = may_keep && head.keep_alive() && !self.w.is_draining();
         wbuf.clear();
@@ -907,6 +918,9 @@ impl<'a> Exchange<'a> {
             body.len().to_string().as_bytes(),
         );
         http1::write_header(&mut wbuf, "x-sluice-error", r.code.as_bytes());
+        if let Some(rl) = &rate_limits {
+            rl.write(&mut wbuf);
+        }
         if !keep {
             http1::write_header(&mut wbuf, "connection", b"close");
         }
@@ -1217,6 +1231,19 @@ fn request_id(head: &RequestHead) -> String {
     )
 }
 
+/// A refusal before the body was read: a body already in the read buffer is skipped so the
+/// connection can carry on; one still to come (or chunked) means the connection must close.
+fn skip_buffered_body(head: &RequestHead, rbuf: &mut Vec<u8>) -> bool {
+    match head.body_kind() {
+        BodyKind::Empty | BodyKind::Length(0) => true,
+        BodyKind::Length(n) if rbuf.len() as u64 >= n => {
+            rbuf.drain(..n as usize);
+            true
+        }
+        _ => false,
+    }
+}
+
 fn strip_port(h: &str) -> &str {
     if h.starts_with('[') {
         return h.split(']').next().map(|s| &s[1..]).unwrap_or(h);
@@ -1283,8 +1310,12 @@ fn write_upstream_head(
     request_id: &str,
     framing: BodyFraming,
     traceparent: Option<&str>,
+    strip_credentials: bool,
 ) {
     http1::write_request_line(out, head.method_str(), head.path(), Version::Http11);
+    // The client's credential never reaches an upstream whose credential sluice injects, nor
+    // any upstream once sluice authenticated the client with it.
+    let strip_credentials = strip_credentials || up.credential.is_some();
     // The client address, formatted once into a stack buffer (no String per request).
     let mut ip_buf = [0u8; 64];
     let ip = format_ip(peer.ip(), &mut ip_buf);
@@ -1306,7 +1337,9 @@ fn write_upstream_head(
         {
             continue;
         }
-        if name.eq_ignore_ascii_case("expect") {
+        if name.eq_ignore_ascii_case("expect")
+            || (strip_credentials && crate::auth::is_credential_header(name))
+        {
             continue;
         }
         if traceparent.is_some()
@@ -1363,6 +1396,9 @@ fn write_upstream_head(
     if let Some(tp) = traceparent {
         http1::write_header(out, "traceparent", tp.as_bytes());
     }
+    if let Some(c) = &up.credential {
+        c.write_header(out);
+    }
     match framing {
         BodyFraming::AsReceived => {
             if matches!(head.body_kind(), BodyKind::Chunked) {
@@ -1384,6 +1420,7 @@ fn write_client_head(
     keep: bool,
     rechunk: bool,
     kind: BodyKind,
+    rate_limits: Option<&crate::ratelimit::RateHeaders>,
 ) {
     http1::write_status_line(out, r.status(), r.reason(), Version::Http11);
     let has_connection = r.header("connection").is_some();
@@ -1402,6 +1439,13 @@ fn write_client_head(
             via_done = true;
             continue;
         }
+        if rate_limits.is_some()
+            && name.len() > 12
+            && name.as_bytes()[..12].eq_ignore_ascii_case(b"x-ratelimit-")
+        {
+            // sluice's own limits replace the provider's in the answer.
+            continue;
+        }
         if (matches!(kind, BodyKind::Chunked) || rechunk)
             && name.eq_ignore_ascii_case("content-length")
         {
@@ -1413,6 +1457,9 @@ fn write_client_head(
     }
     if !via_done {
         http1::write_header(out, "via", VIA);
+    }
+    if let Some(rl) = rate_limits {
+        rl.write(out);
     }
     if matches!(kind, BodyKind::Chunked) || rechunk {
         http1::write_header(out, "transfer-encoding", b"chunked");
