@@ -168,8 +168,6 @@ pub struct Slot {
     pub last_ns: AtomicU64,
     /// Global rules: a refill is queued for this slot (at most one at a time).
     pub refill_pending: AtomicBool,
-    /// Global rules: the key has been granted a lease at least once.
-    pub leased: AtomicBool,
     /// Global rules: don't ask Redis again before this instant (it had nothing to give).
     pub next_ask_ns: AtomicU64,
     /// Global rules: tokens a waiting request needs beyond the balance.
@@ -256,7 +254,6 @@ impl Table {
             {
                 s.lease_requests.store(0, Ordering::Relaxed);
                 s.lease_tokens.store(0, Ordering::Relaxed);
-                s.leased.store(false, Ordering::Relaxed);
                 s.next_ask_ns.store(0, Ordering::Relaxed);
                 return SlotRef::Index(idx as u32);
             }

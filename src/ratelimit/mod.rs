@@ -825,8 +825,10 @@ impl RateLimitFilter {
         None
     }
 
-    /// Spend `n` leased units. A key never leased before waits (bounded by `lease_wait_ms`)
-    /// for its first lease; every later request is answered from what is already leased.
+    /// Spend `n` leased units. Leases are prefetched at half a batch, so a request normally
+    /// finds units in the slot and never waits; one that finds it dry (a key never seen, or a
+    /// burst faster than a refill) waits for the refill in flight, bounded by `lease_wait_ms`,
+    /// unless Redis already answered that the shared bucket is empty.
     async fn take_lease(
         &self,
         rule: &Arc<Rule>,
@@ -845,7 +847,8 @@ impl RateLimitFilter {
             let n = n as i64;
             let prev = bal.fetch_sub(n, Ordering::AcqRel);
             if prev >= n {
-                if prev - n < g.low_water(rule, kind) as i64 {
+                if prev - n <= g.low_water(rule, kind) as i64 {
+                    // Prefetch: the next lease is on its way before this one runs out.
                     g.request(rule, slot, kind, 0);
                 }
                 return Lease::Admitted;
@@ -856,8 +859,10 @@ impl RateLimitFilter {
             if !g.is_up() {
                 return Lease::Down;
             }
-            let cold = !s.leased.load(Ordering::Acquire);
-            if !cold || bucket::now_ns() >= deadline {
+            // Wait (bounded) for a refill in flight, unless Redis already said the shared
+            // bucket is empty for now.
+            let now = bucket::now_ns();
+            if s.next_ask_ns.load(Ordering::Relaxed) > now || now >= deadline {
                 return Lease::Empty;
             }
             monoio::time::sleep(std::time::Duration::from_millis(1)).await;

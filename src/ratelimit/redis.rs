@@ -519,7 +519,7 @@ fn run(cfg: RedisConfig, rx: Receiver<Refill>, up: Arc<AtomicBool>) {
                 } else {
                     0
                 };
-                if bal >= (batch / 2) as i64 && extra == 0 {
+                if bal > (batch / 2) as i64 && extra == 0 {
                     continue;
                 }
                 let want = ((batch as i64 - bal).max(0) as u64)
@@ -587,7 +587,6 @@ fn run(cfg: RedisConfig, rx: Receiver<Refill>, up: Arc<AtomicBool>) {
                 }
                 for p in pending.drain(..) {
                     let s = p.rule.table.get(p.slot);
-                    s.leased.store(true, Ordering::Release);
                     s.refill_pending.store(false, Ordering::Release);
                 }
             }
