@@ -199,7 +199,6 @@ impl Failure {
 
 pub mod names {
     pub const AUTH_FAILURES_TOTAL: &str = "sluice_auth_failures_total";
-    pub const AUTH_SUCCESS_TOTAL: &str = "sluice_auth_success_total";
     pub const CREDENTIAL_RELOADS_TOTAL: &str = "sluice_auth_credential_reloads_total";
     pub const CREDENTIAL_ERRORS_TOTAL: &str = "sluice_auth_credential_errors_total";
 }
@@ -226,8 +225,11 @@ struct Cached {
     nbf: Option<u64>,
 }
 
+/// Verified tokens of one verifier, by the whole token.
+type TokenCache = HashMap<Box<[u8]>, Cached>;
+
 thread_local! {
-    static JWT_CACHE: RefCell<HashMap<u64, HashMap<Box<[u8]>, Cached>>> = RefCell::new(HashMap::new());
+    static JWT_CACHE: RefCell<HashMap<u64, TokenCache>> = RefCell::new(HashMap::new());
 }
 
 fn unix_now() -> u64 {

@@ -538,18 +538,20 @@ fn fmt_duration(ns: u64, buf: &mut [u8; 32]) -> &[u8] {
     let _ = if ms < 1000 {
         write!(c, "{ms}ms")
     } else if ms < 60_000 {
-        if ms % 1000 == 0 {
+        let frac = ms % 1000;
+        if frac == 0 {
             write!(c, "{}s", ms / 1000)
         } else {
-            write!(c, "{}.{:03}s", ms / 1000, ms % 1000)
+            write!(c, "{}.{frac:03}s", ms / 1000)
         }
     } else {
         let m = ms / 60_000;
         let rest = ms % 60_000;
-        if rest % 1000 == 0 {
+        let frac = rest % 1000;
+        if frac == 0 {
             write!(c, "{m}m{}s", rest / 1000)
         } else {
-            write!(c, "{m}m{}.{:03}s", rest / 1000, rest % 1000)
+            write!(c, "{m}m{}.{frac:03}s", rest / 1000)
         }
     };
     let n = c.position() as usize;
