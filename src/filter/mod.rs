@@ -464,7 +464,21 @@ impl Chain {
                 rewrite = true;
             }
         }
-        rewrite | self.on_response_head_inspect(ctx, r, ctype)
+        let inspect_rewrite = self.on_response_head_inspect(ctx, r, ctype);
+        // A hard token budget on streams: SSE answers go through the rewrite path so that a
+        // stream that runs the budget dry can end with an error event.
+        let guard = self.ratelimit().is_some_and(|l| l.stream_cutoff)
+            && ctx.streaming
+            && (200..300).contains(&r.status())
+            && starts_with_ci(ctype, b"text/event-stream")
+            && r.header("content-encoding").is_none();
+        ctx.ratelimit.guard_stream = guard;
+        rewrite | inspect_rewrite | guard
+    }
+
+    /// Whether a guarded stream was cut on its hard budget (the exchange ends it).
+    pub fn stream_cut(&self, ctx: &ExchangeCtx) -> bool {
+        ctx.ratelimit.is_cut()
     }
 
     fn on_response_head_inspect(
@@ -509,6 +523,11 @@ impl Chain {
             }
             ctx.last_content_at = Some(now);
             ctx.content_events += sig.content_events as u64;
+            if ctx.ratelimit.guard_stream {
+                if let Some(r) = self.ratelimit() {
+                    r.on_stream_progress(ctx);
+                }
+            }
         }
     }
 
@@ -519,6 +538,9 @@ impl Chain {
         data: &[u8],
         out: &mut Vec<u8>,
     ) {
+        if ctx.ratelimit.is_cut() {
+            return; // cut on its hard budget: nothing more is forwarded
+        }
         if let Some(hold) = ctx.response_hold.as_mut() {
             if hold.len() + data.len() <= self.body_bytes_max {
                 hold.extend_from_slice(data);
@@ -538,6 +560,11 @@ impl Chain {
                 inspect::Forward::Held(b) => out.extend_from_slice(b),
             }),
             None => out.extend_from_slice(data),
+        }
+        if ctx.ratelimit.guard_stream {
+            if let Some(r) = self.ratelimit() {
+                r.write_cut(ctx, out);
+            }
         }
     }
 

@@ -648,6 +648,7 @@ impl<'a> Exchange<'a> {
         let idle = Duration::from_millis(route.body_idle_timeout_ms);
         let mut upstream_clean = true;
         let mut eof = false;
+        let mut stream_cut = false;
         let fail = |e: ProxyError, client: &mut Io| {
             client.set_reset_on_close();
             e
@@ -708,6 +709,7 @@ impl<'a> Exchange<'a> {
                         wbuf.clear();
                     }
                     scratch.clear();
+                    let mut cut = false;
                     if matches!(out_mode, OutMode::Rewrite) {
                         if let Some((chain, ctx)) = fx.as_mut() {
                             let mut dec = std::mem::take(&mut scratch);
@@ -720,7 +722,9 @@ impl<'a> Exchange<'a> {
                             // that the rewrite strips).
                             chain.on_response_data(ctx, &dec).await;
                             chain.rewrite_response_data(ctx, &dec, &mut out).await;
-                            if p.done {
+                            // A stream cut on its token budget ends here, cleanly framed.
+                            cut = chain.stream_cut(ctx);
+                            if p.done || cut {
                                 chain.finish_response_rewrite(ctx, &mut out).await;
                             }
                             http1::write_chunk(&mut wbuf, &out);
@@ -732,9 +736,10 @@ impl<'a> Exchange<'a> {
                             http1::write_chunk(&mut wbuf, &ubuf[s..e]);
                         }
                     }
-                    if p.done {
+                    if p.done || cut {
                         http1::write_last_chunk(&mut wbuf);
                     }
+                    stream_cut = cut;
                     if wbuf.is_empty() {
                         Ok(())
                     } else {
@@ -764,6 +769,11 @@ impl<'a> Exchange<'a> {
                         chain.on_response_data(ctx, &ubuf[s..e]).await;
                     }
                 }
+            }
+            if stream_cut {
+                // The upstream is still sending: its connection is dropped, never pooled.
+                upstream_clean = false;
+                break Ok(());
             }
             if p.done {
                 if eof {

@@ -85,6 +85,10 @@ pub struct RuleConfig {
     pub scope: Scope,
     #[serde(default = "keys_max_default")]
     pub keys_max: usize,
+    /// Hard budget for streams: a streamed (SSE) answer whose output runs the key's token
+    /// bucket dry is cut with a final SSE error event. Off: it finishes, and is charged in full.
+    #[serde(default)]
+    pub stream_cutoff: bool,
 }
 
 fn max_tokens_default() -> u64 {
@@ -191,6 +195,13 @@ pub fn validate_rules(
                 format!("must be 1..={KEYS_MAX_MAX}"),
             ));
         }
+        if r.stream_cutoff && r.tokens_per_minute.is_none() {
+            out.push((
+                line,
+                format!("{f}.stream_cutoff"),
+                "needs tokens_per_minute".into(),
+            ));
+        }
         if r.scope == Scope::Global && !has_redis {
             out.push((
                 line,
@@ -239,6 +250,8 @@ pub enum Reason {
     TooLarge,
     /// Global rule, Redis unreachable, `on_unavailable: closed`.
     BackendUnavailable,
+    /// A stream cut on its hard budget (`stream_cutoff`).
+    StreamCut,
 }
 
 impl Reason {
@@ -248,13 +261,14 @@ impl Reason {
             Reason::Tokens => "tokens",
             Reason::TooLarge => "too_large",
             Reason::BackendUnavailable => "backend_unavailable",
+            Reason::StreamCut => "stream_cut",
         }
     }
 }
 
 /// Metric handles of one rule (taken at build; the same name shares counters across reloads).
 struct RuleMetrics {
-    rejected: [metrics::Counter; 4],
+    rejected: [metrics::Counter; 5],
     overflow: metrics::Counter,
     fail_open: metrics::Counter,
 }
@@ -271,6 +285,8 @@ pub struct Rule {
     pub global: Option<Arc<redis::Leases>>,
     /// Whether admission needs the request body (token limit or `model` key).
     pub needs_body: bool,
+    /// Cut streams that run the token bucket dry.
+    pub stream_cutoff: bool,
     hasher: std::collections::hash_map::RandomState,
     metrics: RuleMetrics,
 }
@@ -298,6 +314,7 @@ impl Rule {
         let c = |reason: &'static str| metrics::counter!(crate::ratelimit::names::REJECTED_TOTAL, "rule" => name.to_string(), "reason" => reason);
         Ok(Rule {
             needs_body: tokens.is_some() || parts.contains(&KeyPart::Model),
+            stream_cutoff: cfg.stream_cutoff && tokens.is_some(),
             parts,
             requests,
             tokens,
@@ -311,6 +328,7 @@ impl Rule {
                     c(Reason::Tokens.as_str()),
                     c(Reason::TooLarge.as_str()),
                     c(Reason::BackendUnavailable.as_str()),
+                    c(Reason::StreamCut.as_str()),
                 ],
                 overflow: metrics::counter!(names::KEY_OVERFLOW_TOTAL, "rule" => name.to_string()),
                 fail_open: metrics::counter!(names::FAIL_OPEN_TOTAL, "rule" => name.to_string()),
@@ -325,6 +343,7 @@ impl Rule {
             Reason::Tokens => 1,
             Reason::TooLarge => 2,
             Reason::BackendUnavailable => 3,
+            Reason::StreamCut => 4,
         };
         self.metrics.rejected[i].increment(1);
     }
@@ -448,6 +467,7 @@ pub fn rules_for_route(
     Ok(Some(RateLimitFilter {
         route: Arc::from(route),
         needs_body: rules.iter().any(|r| r.needs_body),
+        stream_cutoff: rules.iter().any(|r| r.stream_cutoff),
         rules,
     }))
 }
@@ -457,6 +477,8 @@ pub struct RateLimitFilter {
     pub route: Arc<str>,
     pub rules: Vec<Arc<Rule>>,
     pub needs_body: bool,
+    /// A rule cuts streams on its hard budget: SSE answers go through the rewrite path.
+    pub stream_cutoff: bool,
 }
 
 /// `x-ratelimit-*` values of one exchange: the most restrictive rule of each kind.
@@ -574,10 +596,28 @@ pub struct ExchangeLimits {
     /// Bit i: rule i was evaluated.
     done: u8,
     reconciled: bool,
+    /// A streamed answer is watched against the hard budget.
+    pub guard_stream: bool,
+    cut: Cut,
     pub headers: RateHeaders,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Cut {
+    #[default]
+    No,
+    /// The budget ran dry: the error event is still to be written.
+    Pending(u8),
+    /// The error event was written: nothing more is forwarded.
+    Done,
+}
+
 impl ExchangeLimits {
+    /// The stream was cut: nothing more may be forwarded.
+    pub fn is_cut(&self) -> bool {
+        self.cut == Cut::Done
+    }
+
     fn give_back(&mut self, rules: &[Arc<Rule>], now: u64) {
         for t in &self.taken[..self.n as usize] {
             let Some(slot) = t.slot else { continue };
@@ -871,6 +911,77 @@ impl RateLimitFilter {
         }
     }
 
+    /// Phase 5 on a guarded stream: charge output beyond the reservation as it arrives
+    /// (prompt estimate + content events so far); when a bucket refuses, the stream is to be
+    /// cut.
+    pub fn on_stream_progress(&self, ctx: &mut ExchangeCtx) {
+        if ctx.ratelimit.cut != Cut::No {
+            return;
+        }
+        let prompt = ctx
+            .facts
+            .as_ref()
+            .map(|f| f.prompt_bytes.div_ceil(PROMPT_BYTES_PER_TOKEN))
+            .unwrap_or(0);
+        let used = prompt + ctx.content_events;
+        let now = bucket::now_ns();
+        for k in 0..ctx.ratelimit.n as usize {
+            let t = ctx.ratelimit.taken[k];
+            let rule = &self.rules[t.rule as usize];
+            let (Some(slot), Some(l)) = (t.slot, rule.tokens) else {
+                continue;
+            };
+            if !rule.stream_cutoff || t.tokens == 0 || used <= t.tokens {
+                continue;
+            }
+            let over = used - t.tokens;
+            let s = rule.table.get(slot);
+            let ok = match &rule.global {
+                None => l.take(&s.tat_tokens, now, over).admitted,
+                Some(g) => {
+                    let prev = s.lease_tokens.fetch_sub(over as i64, Ordering::AcqRel);
+                    if prev >= over as i64 {
+                        true
+                    } else {
+                        s.lease_tokens.fetch_add(over as i64, Ordering::AcqRel);
+                        g.request(rule, slot, redis::Kind::Tokens, over);
+                        // Dry here is not dry there: cut only once Redis said it is empty.
+                        s.next_ask_ns.load(Ordering::Relaxed) <= now
+                    }
+                }
+            };
+            if ok {
+                ctx.ratelimit.taken[k].tokens += over;
+            } else {
+                rule.count(Reason::StreamCut);
+                ctx.ratelimit.cut = Cut::Pending(t.rule);
+                return;
+            }
+        }
+    }
+
+    /// Rewrite path of a guarded stream: after the budget ran dry, append the final SSE error
+    /// event once; returns true when the stream is cut (drop what follows).
+    pub fn write_cut(&self, ctx: &mut ExchangeCtx, out: &mut Vec<u8>) -> bool {
+        match ctx.ratelimit.cut {
+            Cut::No => false,
+            Cut::Done => true,
+            Cut::Pending(i) => {
+                let name = self.rules.get(i as usize).map(|r| &*r.name).unwrap_or("");
+                out.extend_from_slice(b"data: ");
+                crate::error::write_openai_error(
+                    out,
+                    429,
+                    "rate_limit_exceeded",
+                    &format!("rate limit `{name}` reached (tokens per minute): stream cut"),
+                );
+                out.extend_from_slice(b"\n\n");
+                ctx.ratelimit.cut = Cut::Done;
+                true
+            }
+        }
+    }
+
     /// Phase 7: replace the token reservation by the actual usage. `actual`: total tokens
     /// the response reported (or estimated); `None` when unknown. `billed`: false for a
     /// refusal by the upstream (nothing was processed).
@@ -926,7 +1037,7 @@ fn reject(rule: &Rule, reason: Reason, retry_ns: u64) -> Reject {
                 rule.name
             ),
         },
-        Reason::Requests | Reason::Tokens => Reject {
+        Reason::Requests | Reason::Tokens | Reason::StreamCut => Reject {
             status: 429,
             code: "rate_limit_exceeded",
             message: format!(

@@ -228,6 +228,42 @@ def test_token_budget_reserves_then_reconciles(mock, sluice_factory):
     assert s.metric("sluice_ratelimit_rejected_total", rule="tokens", reason="too_large") == 1
 
 
+def test_stream_cut_on_hard_token_budget(mock, sluice_factory):
+    s = sluice_factory(limited(mock, """\
+        - name: hard
+          tokens_per_minute: 600
+          max_tokens_default: 50
+          stream_cutoff: true
+    """))
+    # No max_tokens: 3 prompt + 50 default are reserved; the stream goes on far beyond.
+    st, _, data, conn = request(s.port, "POST", "/v1/chat/completions", chat_body(stream=True),
+                                {"x-mock-tokens": "1000", "x-mock-itl-ms": "1"})
+    assert st == 200  # http.client read a complete, well-framed chunked body
+    events = [l[6:] for l in data.decode().split("\n") if l.startswith("data: ")]
+    content = [e for e in events if '"content":"' in e and '"content":""' not in e]
+    last = json.loads(events[-1])
+    assert last["error"]["code"] == "rate_limit_exceeded" and last["error"]["type"] == "rate_limit_error"
+    assert "[DONE]" not in events
+    # The bucket holds 600: 3 prompt tokens, then about 597 output tokens (a read's worth of
+    # slack, plus the refill of 10 tokens/s while the stream ran).
+    assert 560 <= len(content) <= 620, len(content)
+    # The client connection stays usable; the key's budget is spent, so the next call waits.
+    assert conn is not None
+    st, h, _, _ = request(s.port, "POST", "/v1/chat/completions", chat_body(stream=True), conn=conn)
+    assert st == 429 and int(h["retry-after"]) >= 1
+    time.sleep(0.3)
+    assert s.metric("sluice_ratelimit_rejected_total", rule="hard", reason="stream_cut") == 1
+    # Without the hard budget the same stream finishes whole.
+    s2 = sluice_factory(limited(mock, """\
+        - name: soft
+          tokens_per_minute: 600
+          max_tokens_default: 50
+    """))
+    st, _, data, _ = request(s2.port, "POST", "/v1/chat/completions", chat_body(stream=True),
+                             {"x-mock-tokens": "1000"})
+    assert st == 200 and b"data: [DONE]" in data
+
+
 def test_listener_rule_keyed_by_header_and_route(mock, sluice_factory):
     routes = textwrap.dedent("""\
       - name: chat
