@@ -48,6 +48,7 @@ fn bench_ratelimit(c: &mut Criterion) {
             "{name: a, key: [caller, route], requests_per_second: 1000000000}",
         )],
         needs_body: false,
+        stream_cutoff: false,
     };
     let h = head("");
     let caller: Arc<str> = Arc::from("team-a");
@@ -67,6 +68,7 @@ fn bench_ratelimit(c: &mut Criterion) {
             "{name: b, key: [caller], requests_per_second: 1000000000, tokens_per_minute: 1000000000}",
         )],
         needs_body: true,
+        stream_cutoff: false,
     };
     g.bench_function("local_requests_tokens", |b| {
         b.iter(|| {
