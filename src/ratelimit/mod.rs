@@ -446,6 +446,18 @@ pub fn rule(
     Ok(r)
 }
 
+/// Whether a route's rules make it inspect model traffic (token limits, `model` keys): the
+/// snapshot then adds an inspection filter, and start-up warms the tokenizer tables.
+pub fn implies_inspection(
+    l: &crate::config::ListenerConfig,
+    r: &crate::config::RouteConfig,
+) -> bool {
+    l.rate_limits
+        .iter()
+        .chain(&r.rate_limits)
+        .any(|c| c.tokens_per_minute.is_some() || c.key.iter().any(|k| k == "model"))
+}
+
 /// The rate-limit filter of a route: its listener's rules, then its own. `None`: no rules.
 pub fn rules_for_route(
     listener: &str,

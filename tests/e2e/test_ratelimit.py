@@ -21,9 +21,9 @@ import pytest
 from conftest import chat_body, free_port, sluice_config, wait_port
 
 
-def request(port, method="GET", path="/v1/models", body=None, headers=None, conn=None):
+def request(port, method="GET", path="/v1/models", body=None, headers=None, conn=None, timeout=10):
     """One request; returns (status, headers dict lower-cased, body bytes, connection)."""
-    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     h = {"Content-Type": "application/json"} if body is not None else {}
     h.update(headers or {})
     c.request(method, path, body=body, headers=h)
@@ -231,13 +231,19 @@ def test_token_budget_reserves_then_reconciles(mock, sluice_factory):
 def test_stream_cut_on_hard_token_budget(mock, sluice_factory):
     s = sluice_factory(limited(mock, """\
         - name: hard
+          key: [caller]
           tokens_per_minute: 600
           max_tokens_default: 50
           stream_cutoff: true
     """))
+    # A stream without usage is counted with the BPE tables, which a debug build on a busy
+    # machine takes seconds to build: wait for them once, on another key.
+    request(s.port, "POST", "/v1/chat/completions", chat_body(stream=True),
+            {"x-mock-tokens": "3", "x-sluice-caller": "warm-up"}, timeout=120)
     # No max_tokens: 3 prompt + 50 default are reserved; the stream goes on far beyond.
+    t = {"x-sluice-caller": "t"}
     st, _, data, conn = request(s.port, "POST", "/v1/chat/completions", chat_body(stream=True),
-                                {"x-mock-tokens": "1000", "x-mock-itl-ms": "1"})
+                                dict(t, **{"x-mock-tokens": "1000", "x-mock-itl-ms": "1"}))
     assert st == 200  # http.client read a complete, well-framed chunked body
     events = [l[6:] for l in data.decode().split("\n") if l.startswith("data: ")]
     content = [e for e in events if '"content":"' in e and '"content":""' not in e]
@@ -249,7 +255,7 @@ def test_stream_cut_on_hard_token_budget(mock, sluice_factory):
     assert 560 <= len(content) <= 620, len(content)
     # The client connection stays usable; the key's budget is spent, so the next call waits.
     assert conn is not None
-    st, h, _, _ = request(s.port, "POST", "/v1/chat/completions", chat_body(stream=True), conn=conn)
+    st, h, _, _ = request(s.port, "POST", "/v1/chat/completions", chat_body(stream=True), t, conn=conn)
     assert st == 429 and int(h["retry-after"]) >= 1
     time.sleep(0.3)
     assert s.metric("sluice_ratelimit_rejected_total", rule="hard", reason="stream_cut") == 1
