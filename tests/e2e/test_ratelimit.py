@@ -56,6 +56,9 @@ def hammer(port, seconds, threads=16, path="/v1/models", headers=None, new_conn_
             with lock:
                 if t_first[0] is None:
                     t_first[0] = t
+                # The window ends at the last request *sent*: on a loaded machine its answer
+                # can come long after the server decided, which would inflate the window.
+                t_last[0] = max(t_last[0], t)
             try:
                 status, _, _, conn = request(port, path=path, headers=headers, conn=conn)
             except (OSError, http.client.HTTPException):
@@ -66,7 +69,6 @@ def hammer(port, seconds, threads=16, path="/v1/models", headers=None, new_conn_
         with lock:
             for k, v in local.items():
                 counts[k] = counts.get(k, 0) + v
-            t_last[0] = max(t_last[0], time.time())
 
     ts = [threading.Thread(target=worker) for _ in range(threads)]
     for t in ts:
@@ -108,7 +110,7 @@ def test_requests_per_second_hold_across_two_workers(mock, sluice_factory):
           requests_per_second: {rate}
     """, workers=2))
     before = worker_cpu_ticks(s.proc.pid)
-    counts, elapsed = hammer(s.port, 3.0, threads=16)
+    counts, elapsed = hammer(s.port, 4.0, threads=16)
     after = worker_cpu_ticks(s.proc.pid)
     admitted = counts.get(200, 0)
     expected = rate + rate * elapsed  # a full bucket (burst = rate), then the rate
@@ -184,6 +186,16 @@ def test_openai_sdk_retries_429_and_gets_through(mock, sluice_factory):
     assert s.metric("sluice_ratelimit_rejected_total", rule="sdk") >= 1
 
 
+def wait_for_tokenizer(s):
+    """Answers without usage are counted with the BPE tables, which a debug build on a busy
+    machine takes many seconds to build (on a helper thread from start-up; the first estimate
+    waits for it). Wait for them once, on a key of its own. The estimate runs after the answer
+    is sent, so it is the second request that waits for the worker."""
+    h = {"x-sluice-caller": "warm-up", "x-mock-tokens": "3"}
+    request(s.port, "POST", "/v1/chat/completions", chat_body(stream=True), h, timeout=120)
+    request(s.port, headers=h, timeout=120)
+
+
 def test_token_budget_reserves_then_reconciles(mock, sluice_factory):
     s = sluice_factory(limited(mock, """\
         - name: tokens
@@ -191,6 +203,7 @@ def test_token_budget_reserves_then_reconciles(mock, sluice_factory):
           tokens_per_minute: 6000
           max_tokens_default: 100
     """))
+    wait_for_tokenizer(s)
     h = {"x-sluice-caller": "t1", "x-mock-tokens": "5"}
     # "Hello there": 11 prompt bytes -> 3 tokens estimated; reservation 3 + max_tokens 200.
     st, h1, body, _ = request(s.port, "POST", "/v1/chat/completions", chat_body(max_tokens=200), h)
@@ -244,12 +257,7 @@ def test_stream_cut_on_hard_token_budget(mock, sluice_factory):
           max_tokens_default: 50
           stream_cutoff: true
     """))
-    # A stream without usage is counted with the BPE tables, which a debug build on a busy
-    # machine takes seconds to build: wait for them once, on another key.
-    request(s.port, "POST", "/v1/chat/completions", chat_body(stream=True),
-            {"x-mock-tokens": "3", "x-sluice-caller": "warm-up"}, timeout=120)
-    # (The estimate runs after the answer is sent: the next request waits for the worker.)
-    request(s.port, headers={"x-sluice-caller": "warm-up"}, timeout=120)
+    wait_for_tokenizer(s)
     # No max_tokens: 3 prompt + 50 default are reserved; the stream goes on far beyond.
     t = {"x-sluice-caller": "t"}
     st, _, data, conn = request(s.port, "POST", "/v1/chat/completions", chat_body(stream=True),
