@@ -12,7 +12,7 @@ step() { printf '\n=== %s\n' "$*"; }
 
 need_apt=()
 for bin in curl:curl openssl:openssl ss:iproute2 python3:python3 prometheus:prometheus \
-           iptables:iptables setpriv:util-linux; do
+           iptables:iptables setpriv:util-linux redis-server:redis-server; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 if ((${#need_apt[@]})); then
@@ -23,9 +23,9 @@ if ((${#need_apt[@]})); then
 fi
 
 PY=${PYTHON:-python3}
-if ! "$PY" -c 'import openai, pytest, opentelemetry.proto' 2>/dev/null; then
-  step "pip install openai pytest opentelemetry-proto"
-  "$PY" -m pip install -q --disable-pip-version-check openai pytest opentelemetry-proto
+if ! "$PY" -c 'import openai, pytest, opentelemetry.proto, cryptography' 2>/dev/null; then
+  step "pip install openai pytest opentelemetry-proto cryptography"
+  "$PY" -m pip install -q --disable-pip-version-check openai pytest opentelemetry-proto cryptography
 fi
 # test_k8s.py: an independent YAML reader and JSON Patch implementation.
 if ! "$PY" -c 'import yaml, jsonpatch' 2>/dev/null; then

@@ -18,9 +18,12 @@
 //! * [`transparent`]: iptables-redirected connections: original destination, sniffing,
 //!   pass-through.
 //! * [`iptables`]: the `sluice iptables` rules (init container).
+//! * [`auth`]: inbound authentication (API keys, JWT) and outbound credential injection.
+//! * [`ratelimit`]: requests/tokens rate limits, local (lock-free GCRA) or global (Redis leases).
 //! * [`error`]: the error vocabulary shared by every boundary.
 
 pub mod admin;
+pub mod auth;
 pub mod busypoll;
 pub mod config;
 pub mod error;
@@ -32,6 +35,7 @@ pub mod iptables;
 pub mod otel;
 pub mod pii;
 pub mod proxy;
+pub mod ratelimit;
 pub mod resilience;
 pub mod route;
 pub mod server;

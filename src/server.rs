@@ -207,8 +207,8 @@ impl Control {
         if cfg
             .listeners
             .iter()
-            .flat_map(|l| &l.routes)
-            .any(|r| r.inspect.is_some())
+            .flat_map(|l| l.routes.iter().map(move |r| (l, r)))
+            .any(|(l, r)| r.inspect.is_some() || crate::ratelimit::implies_inspection(l, r))
         {
             // Idempotent (the tables are built once per process), and off the workers.
             let _ = std::thread::Builder::new()
@@ -305,8 +305,8 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
     let inspects = cfg
         .listeners
         .iter()
-        .flat_map(|l| &l.routes)
-        .any(|r| r.inspect.is_some());
+        .flat_map(|l| l.routes.iter().map(move |r| (l, r)))
+        .any(|(l, r)| r.inspect.is_some() || crate::ratelimit::implies_inspection(l, r));
     let snap = Arc::new(Snapshot::build(cfg, 1, None).map_err(StartError::Snapshot)?);
     if inspects {
         // The BPE tables for token estimation take about a second to build. Build them now on

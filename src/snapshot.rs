@@ -121,6 +121,8 @@ pub struct UpstreamRt {
     pub host_rewrite: HostRewrite,
     /// Balancing, breaker, cool-down, throttle, model aliases (see `resilience`).
     pub policy: crate::resilience::UpstreamPolicy,
+    /// The credential sluice sends (the client's is stripped); `None`: the client's passes.
+    pub credential: Option<Arc<crate::auth::Credential>>,
 }
 
 pub enum HostRewrite {
@@ -189,7 +191,7 @@ impl Snapshot {
         let listeners = config
             .listeners
             .iter()
-            .map(|l| build_listener(l, &index, engine.as_ref(), &upstreams))
+            .map(|l| build_listener(l, &index, engine.as_ref(), &upstreams, &config.rate_limit))
             .collect::<Result<Vec<_>, _>>()?;
         let mut models = match &config.pricing.file {
             Some(f) => config::load_pricing_file(&f.value)?,
@@ -279,6 +281,7 @@ fn build_listener(
     index: &HashMap<String, usize>,
     engine: Option<&Arc<crate::pii::Engine>>,
     upstreams: &[Arc<UpstreamRt>],
+    rl: &crate::ratelimit::RateLimitConfig,
 ) -> Result<ListenerRt, String> {
     let addr: SocketAddr = l
         .bind
@@ -289,7 +292,7 @@ fn build_listener(
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| build_route(&l.name.value, i, r, index, engine, upstreams))
+        .map(|(i, r)| build_route(&l.name.value, i, r, index, engine, upstreams, (l, rl)))
         .collect::<Result<Vec<_>, _>>()?;
     let match_model = routes.iter().any(|r| r.policy.model.is_some());
     if l.mode.is_transparent() {
@@ -323,6 +326,7 @@ fn build_route(
     index: &HashMap<String, usize>,
     engine: Option<&Arc<crate::pii::Engine>>,
     upstreams: &[Arc<UpstreamRt>],
+    (lc, rl): (&ListenerConfig, &crate::ratelimit::RateLimitConfig),
 ) -> Result<RouteRt, String> {
     use crate::filter::{Chain, Filter, InspectFilter, PiiFilter};
     let mut filters = Vec::new();
@@ -348,6 +352,8 @@ fn build_route(
             }));
         }
     }
+    let name = r.name.clone().unwrap_or_else(|| format!("{listener}-{i}"));
+    let rules = crate::ratelimit::rules_for_route(listener, &name, lc, r, rl)?;
     if let Some(ic) = &r.inspect {
         let dialect = if ic.dialect.value == "auto" {
             None
@@ -369,6 +375,25 @@ fn build_route(
             dialect,
             include_usage: ic.include_usage,
         }));
+    }
+    if let Some(rf) = rules {
+        if rf.needs_body && r.inspect.is_none() {
+            // Token limits and `model` keys need the request's facts and the response's
+            // usage: they imply inspection (auto dialect).
+            filters.push(Filter::Inspect(InspectFilter {
+                dialect: None,
+                include_usage: crate::config::IncludeUsage::Off,
+            }));
+        }
+        filters.push(Filter::RateLimit(rf));
+    }
+    if let Some(a) = r.auth.as_ref().or(lc.auth.as_ref()) {
+        let scope = if r.auth.is_some() {
+            format!("{listener}/{name}")
+        } else {
+            listener.to_string()
+        };
+        filters.insert(0, Filter::Auth(crate::auth::AuthFilter::build(a, &scope)?));
     }
     let chain = (!filters.is_empty()).then(|| {
         Arc::new(Chain {
@@ -497,6 +522,11 @@ fn build_upstream(
         pool_idle_timeout_ms: u.pool.idle_timeout_ms,
         host_rewrite,
         policy,
+        credential: u
+            .auth
+            .as_ref()
+            .map(|a| crate::auth::Credential::build(a, name))
+            .transpose()?,
     })
 }
 

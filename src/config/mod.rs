@@ -211,6 +211,9 @@ pub struct Config {
     /// OpenTelemetry traces: one span per model call, OTLP/HTTP. Restart to change.
     #[serde(default)]
     pub otel: crate::otel::OtelConfig,
+    /// The backend of global rate limits (`rate_limit.redis`).
+    #[serde(default)]
+    pub rate_limit: crate::ratelimit::RateLimitConfig,
 }
 
 /// Default header naming the calling service.
@@ -481,6 +484,12 @@ pub struct ListenerConfig {
     /// TLS termination (or interception) on this listener; plain TCP when absent.
     #[serde(default)]
     pub tls: Option<crate::tls::TlsServerConfig>,
+    /// Inbound authentication for every route of the listener (a route's own `auth` wins).
+    #[serde(default)]
+    pub auth: Option<crate::auth::InboundConfig>,
+    /// Rate limits applied to every route of the listener (before the route's own).
+    #[serde(default)]
+    pub rate_limits: Vec<crate::ratelimit::RuleConfig>,
 }
 
 fn header_bytes_max_default() -> usize {
@@ -527,6 +536,12 @@ pub struct RouteConfig {
     /// Retries before the first response byte. Off when absent.
     #[serde(default)]
     pub retry: Option<crate::route::config::RetryConfig>,
+    /// Inbound authentication (replaces the listener's).
+    #[serde(default)]
+    pub auth: Option<crate::auth::InboundConfig>,
+    /// Rate limits of this route (after the listener's).
+    #[serde(default)]
+    pub rate_limits: Vec<crate::ratelimit::RuleConfig>,
 }
 
 /// All given conditions must hold. An empty match matches every request.
@@ -632,6 +647,9 @@ pub struct UpstreamConfig {
     /// Adaptive client-side throttling (SRE book). Off when absent.
     #[serde(default)]
     pub throttle: Option<crate::resilience::config::ThrottleConfig>,
+    /// Credential sluice sends to this upstream (the client's is stripped).
+    #[serde(default)]
+    pub auth: Option<crate::auth::OutboundConfig>,
 }
 
 fn host_rewrite_default() -> String {
@@ -1082,6 +1100,12 @@ impl Validator<'_> {
             if let Err(e) = built {
                 self.err(0, "pii", e.to_string());
             }
+        }
+        let mut policy = Vec::new();
+        crate::ratelimit::validate_config(c, &mut policy);
+        crate::auth::validate_config(c, &mut policy);
+        for (line, field, problem) in policy {
+            self.err(line, field, problem);
         }
         for (name, u) in &c.upstreams {
             let f = format!("upstreams.{name}");

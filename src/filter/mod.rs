@@ -55,6 +55,10 @@ pub struct PiiFilter {
 pub enum Filter {
     Pii(PiiFilter),
     Inspect(InspectFilter),
+    /// Inbound authentication; always first (its identity keys the rate limits).
+    Auth(crate::auth::AuthFilter),
+    /// Rate limits; after inspection (token limits need the request's facts).
+    RateLimit(crate::ratelimit::RateLimitFilter),
 }
 
 pub struct Chain {
@@ -125,6 +129,10 @@ pub struct ExchangeCtx {
     pub sse_redact: Option<Box<pii::SseRedactor>>,
     /// Reused buffer between two response rewriters (usage-chunk stripper, then redactor).
     pub rewrite_scratch: Vec<u8>,
+    /// What the rate limits took (to give back or reconcile) and the `x-ratelimit-*` values.
+    pub ratelimit: crate::ratelimit::ExchangeLimits,
+    /// The caller was authenticated by an auth filter (its credential is not forwarded).
+    pub authenticated: bool,
 }
 
 impl ExchangeCtx {
@@ -147,6 +155,8 @@ impl ExchangeCtx {
             response_hold: None,
             sse_redact: None,
             rewrite_scratch: Vec::new(),
+            ratelimit: Default::default(),
+            authenticated: false,
         }
     }
 }
@@ -303,6 +313,31 @@ impl Chain {
         })
     }
 
+    fn ratelimit(&self) -> Option<&crate::ratelimit::RateLimitFilter> {
+        self.filters.iter().find_map(|f| match f {
+            Filter::RateLimit(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// The `x-ratelimit-*` (and, on a refusal, `retry-after`) values every answer carries.
+    pub fn rate_headers<'c>(
+        &self,
+        ctx: &'c ExchangeCtx,
+    ) -> Option<&'c crate::ratelimit::RateHeaders> {
+        let h = &ctx.ratelimit.headers;
+        (!h.is_empty()).then_some(h)
+    }
+
+    /// Phase 7 part: token reservations replaced by the actual usage.
+    fn reconcile_limits(&self, ctx: &mut ExchangeCtx, usage: Option<&inspect::Usage>) {
+        if let Some(r) = self.ratelimit() {
+            let actual = usage.map(|u| u.total_tokens.max(u.input_tokens + u.output_tokens));
+            let billed = actual.is_some() || (200..300).contains(&ctx.response_status);
+            r.reconcile(ctx, actual, billed);
+        }
+    }
+
     fn inspect(&self) -> Option<&InspectFilter> {
         self.filters.iter().find_map(|f| match f {
             Filter::Inspect(i) => Some(i),
@@ -319,6 +354,13 @@ impl Chain {
         if let Some(i) = self.inspect() {
             ctx.dialect = Dialect::resolve(i.dialect, head.method_str(), head.path());
         }
+        for f in &self.filters {
+            match f {
+                Filter::Auth(a) => a.on_request_head(ctx, head)?,
+                Filter::RateLimit(r) => r.on_request_head(ctx, head).await?,
+                Filter::Pii(_) | Filter::Inspect(_) => {}
+            }
+        }
         Ok(())
     }
 
@@ -330,11 +372,18 @@ impl Chain {
         self.filters.iter().any(|f| match f {
             Filter::Pii(p) => p.engine.enabled(),
             Filter::Inspect(_) => ctx.dialect.is_some(),
+            Filter::Auth(_) => false,
+            Filter::RateLimit(r) => r.needs_body,
         })
     }
 
-    /// The body exceeded `body_bytes_max`: `Ok` = forward it uninspected.
-    pub fn on_body_over_limit(&self, ctx: &mut ExchangeCtx) -> Result<(), Reject> {
+    /// The body exceeded `body_bytes_max`: `Ok` = forward it uninspected (rate limits that
+    /// waited for the body are applied now, with the default token estimate).
+    pub async fn on_body_over_limit(
+        &self,
+        ctx: &mut ExchangeCtx,
+        head: &RequestHead,
+    ) -> Result<(), Reject> {
         if self.fails_closed || self.over_limit == OverLimit::Reject {
             return Err(Reject {
                 status: 413,
@@ -346,6 +395,9 @@ impl Chain {
             });
         }
         ctx.body_uninspected = true;
+        if let Some(r) = self.ratelimit() {
+            r.on_request_body(ctx, head, self.body_bytes_max).await?;
+        }
         Ok(())
     }
 
@@ -435,6 +487,8 @@ impl Chain {
                         }
                     }
                 }
+                Filter::Auth(_) => {}
+                Filter::RateLimit(r) => r.on_request_body(ctx, head, body.len()).await?,
             }
         }
         Ok(changed)
@@ -463,7 +517,21 @@ impl Chain {
                 rewrite = true;
             }
         }
-        rewrite | self.on_response_head_inspect(ctx, r, ctype)
+        let inspect_rewrite = self.on_response_head_inspect(ctx, r, ctype);
+        // A hard token budget on streams: SSE answers go through the rewrite path so that a
+        // stream that runs the budget dry can end with an error event.
+        let guard = self.ratelimit().is_some_and(|l| l.stream_cutoff)
+            && ctx.streaming
+            && (200..300).contains(&r.status())
+            && starts_with_ci(ctype, b"text/event-stream")
+            && r.header("content-encoding").is_none();
+        ctx.ratelimit.guard_stream = guard;
+        rewrite | inspect_rewrite | guard
+    }
+
+    /// Whether a guarded stream was cut on its hard budget (the exchange ends it).
+    pub fn stream_cut(&self, ctx: &ExchangeCtx) -> bool {
+        ctx.ratelimit.is_cut()
     }
 
     fn on_response_head_inspect(
@@ -508,6 +576,11 @@ impl Chain {
             }
             ctx.last_content_at = Some(now);
             ctx.content_events += sig.content_events as u64;
+            if ctx.ratelimit.guard_stream {
+                if let Some(r) = self.ratelimit() {
+                    r.on_stream_progress(ctx);
+                }
+            }
         }
     }
 
@@ -518,6 +591,9 @@ impl Chain {
         data: &[u8],
         out: &mut Vec<u8>,
     ) {
+        if ctx.ratelimit.is_cut() {
+            return; // cut on its hard budget: nothing more is forwarded
+        }
         if let Some(hold) = ctx.response_hold.as_mut() {
             if hold.len() + data.len() <= self.body_bytes_max {
                 hold.extend_from_slice(data);
@@ -564,6 +640,11 @@ impl Chain {
         ctx.response_hold = None;
         if let Some(red) = ctx.sse_redact.as_mut() {
             red.finish(out);
+        }
+        if ctx.ratelimit.guard_stream {
+            if let Some(r) = self.ratelimit() {
+                r.write_cut(ctx, out);
+            }
         }
     }
 
@@ -635,6 +716,7 @@ impl Chain {
             })
             .collect();
         if ctx.dialect.is_none() {
+            self.reconcile_limits(ctx, None);
             if pii.is_empty() {
                 return None;
             }
@@ -654,6 +736,7 @@ impl Chain {
                 }
             }
         }
+        self.reconcile_limits(ctx, report.as_ref().and_then(|r| r.usage.as_ref()));
         let now_unix_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

@@ -159,6 +159,7 @@ pub async fn serve_connection_with(
             peer_identity: peer_identity.as_ref(),
             started: Instant::now(),
             early_head: Cell::new(false),
+            strip_cred: Cell::new(false),
             served_by: Cell::new(None),
             routing: RefCell::new(RoutingRecord::default()),
             dst: dst.as_ref(),
@@ -242,6 +243,8 @@ struct Exchange<'a> {
     /// An SSE response head (and keep-alive comments) went to the client before the
     /// upstream answered: errors become an SSE error event, never a second head.
     early_head: Cell<bool>,
+    /// The caller was authenticated by sluice: its `Authorization`/`x-api-key` is not forwarded.
+    strip_cred: Cell<bool>,
     /// The upstream that answered (or was last tried), when routing moved the request.
     served_by: Cell<Option<usize>>,
     /// Retries, failover and the rewritten model, for the record.
@@ -617,9 +620,10 @@ impl<'a> Exchange<'a> {
         // Phase 1: request head filters.
         if let Some((chain, ctx)) = fx.as_mut() {
             if let Err(r) = chain.on_request_head(ctx, head).await {
-                let body_read = rbuf.is_empty();
+                let body_read = skip_buffered_body(head, &mut rbuf);
+                let rl = chain.rate_headers(ctx).copied();
                 return self
-                    .reject(client, head, r, rbuf, wbuf, body_read, t_head)
+                    .reject_with(client, head, r, rbuf, wbuf, body_read, t_head, rl)
                     .await;
             }
         }
@@ -702,6 +706,9 @@ impl<'a> Exchange<'a> {
         let body_done;
         // What an attempt sends after its head; kept so that another attempt can resend it.
         let mut req_body: ReqBody;
+        // An authenticated caller's credential is never forwarded (the upstream gets sluice's).
+        self.strip_cred
+            .set(fx.as_ref().is_some_and(|(_, ctx)| ctx.authenticated));
 
         // Phases 2-3: a filter that needs the body gets it whole (bounded), before anything
         // is forwarded; so does a routing policy that must rewrite or replay it. Otherwise
@@ -741,7 +748,10 @@ impl<'a> Exchange<'a> {
                         Ok(c) => changed = c,
                         Err(r) => {
                             self.w.pools.borrow_mut().put(conn, up.pool_idle_max);
-                            return self.reject(client, head, r, rbuf, wbuf, true, t_head).await;
+                            let rl = chain.rate_headers(ctx).copied();
+                            return self
+                                .reject_with(client, head, r, rbuf, wbuf, true, t_head, rl)
+                                .await;
                         }
                     }
                 }
@@ -767,10 +777,11 @@ impl<'a> Exchange<'a> {
             }
             Some(Ok(Buffered::OverLimit(raw))) => {
                 if let (true, Some((chain, ctx))) = (chain_wants, fx.as_mut()) {
-                    if let Err(r) = chain.on_body_over_limit(ctx) {
+                    if let Err(r) = chain.on_body_over_limit(ctx, head).await {
                         self.w.pools.borrow_mut().discard(conn);
+                        let rl = chain.rate_headers(ctx).copied();
                         return self
-                            .reject(client, head, r, rbuf, wbuf, false, t_head)
+                            .reject_with(client, head, r, rbuf, wbuf, false, t_head, rl)
                             .await;
                     }
                 }
@@ -796,6 +807,7 @@ impl<'a> Exchange<'a> {
                     request_id,
                     BodyFraming::AsReceived,
                     traceparent.as_deref(),
+                    self.strip_cred.get(),
                 );
                 req_body = ReqBody::Raw {
                     head_len: wbuf.len(),
@@ -823,6 +835,7 @@ impl<'a> Exchange<'a> {
                     request_id,
                     BodyFraming::AsReceived,
                     traceparent.as_deref(),
+                    self.strip_cred.get(),
                 );
                 let first = match decoder.advance(&rbuf, |_| {}) {
                     Ok(p) => p,
@@ -1113,6 +1126,7 @@ impl<'a> Exchange<'a> {
                 chunked_out,
                 kind,
                 (&up.name, model, from),
+                fx.as_ref().and_then(|(chain, ctx)| chain.rate_headers(ctx)),
             );
         }
         let t_resp_head = Instant::now();
@@ -1128,6 +1142,7 @@ impl<'a> Exchange<'a> {
         let idle = Duration::from_millis(route.body_idle_timeout_ms);
         let mut upstream_clean = true;
         let mut eof = false;
+        let mut stream_cut = false;
         let fail = |e: ProxyError, client: &mut Io| {
             client.set_reset_on_close();
             e
@@ -1188,6 +1203,7 @@ impl<'a> Exchange<'a> {
                         wbuf.clear();
                     }
                     scratch.clear();
+                    let mut cut = false;
                     if matches!(out_mode, OutMode::Rewrite) {
                         if let Some((chain, ctx)) = fx.as_mut() {
                             let mut dec = std::mem::take(&mut scratch);
@@ -1200,7 +1216,9 @@ impl<'a> Exchange<'a> {
                             // that the rewrite strips).
                             chain.on_response_data(ctx, &dec).await;
                             chain.rewrite_response_data(ctx, &dec, &mut out).await;
-                            if p.done {
+                            // A stream cut on its token budget ends here, cleanly framed.
+                            cut = chain.stream_cut(ctx);
+                            if p.done || cut {
                                 chain.finish_response_rewrite(ctx, &mut out).await;
                             }
                             http1::write_chunk(&mut wbuf, &out);
@@ -1212,9 +1230,10 @@ impl<'a> Exchange<'a> {
                             http1::write_chunk(&mut wbuf, &ubuf[s..e]);
                         }
                     }
-                    if p.done {
+                    if p.done || cut {
                         http1::write_last_chunk(&mut wbuf);
                     }
+                    stream_cut = cut;
                     if wbuf.is_empty() {
                         Ok(())
                     } else {
@@ -1244,6 +1263,11 @@ impl<'a> Exchange<'a> {
                         chain.on_response_data(ctx, &ubuf[s..e]).await;
                     }
                 }
+            }
+            if stream_cut {
+                // The upstream is still sending: its connection is dropped, never pooled.
+                upstream_clean = false;
+                break Ok(());
             }
             if p.done {
                 if eof {
@@ -1439,6 +1463,7 @@ impl<'a> Exchange<'a> {
                             request_id,
                             framing,
                             traceparent,
+                            self.strip_cred.get(),
                         );
                         wbuf.extend_from_slice(&nb);
                     }
@@ -1456,6 +1481,7 @@ impl<'a> Exchange<'a> {
                             request_id,
                             framing,
                             traceparent,
+                            self.strip_cred.get(),
                         );
                         wbuf.extend_from_slice(body);
                     }
@@ -1474,6 +1500,7 @@ impl<'a> Exchange<'a> {
                     request_id,
                     BodyFraming::AsReceived,
                     traceparent,
+                    self.strip_cred.get(),
                 );
                 *head_len = wbuf.len();
                 wbuf.extend_from_slice(&tail);
@@ -1548,9 +1575,9 @@ impl<'a> Exchange<'a> {
         }
     }
 
-    /// Answer a filter's refusal.
+    /// Answer a filter's refusal, with the rate-limit headers of the exchange.
     #[allow(clippy::too_many_arguments)]
-    async fn reject(
+    async fn reject_with(
         &self,
         client: &mut Io,
         head: &RequestHead,
@@ -1559,6 +1586,7 @@ impl<'a> Exchange<'a> {
         mut wbuf: Vec<u8>,
         may_keep: bool,
         t_head: Instant,
+        rate_limits: Option<crate::ratelimit::RateHeaders>,
     ) -> (Done, Vec<u8>, Vec<u8>) {
         let keep = may_keep && head.keep_alive() && !self.w.is_draining();
         wbuf.clear();
@@ -1572,6 +1600,9 @@ impl<'a> Exchange<'a> {
             body.len().to_string().as_bytes(),
         );
         http1::write_header(&mut wbuf, "x-sluice-error", r.code.as_bytes());
+        if let Some(rl) = &rate_limits {
+            rl.write(&mut wbuf);
+        }
         if !keep {
             http1::write_header(&mut wbuf, "connection", b"close");
         }
@@ -1933,6 +1964,19 @@ fn uuid_v4(a: u64, b: u64) -> String {
     out.iter().map(|&c| char::from(c)).collect()
 }
 
+/// A refusal before the body was read: a body already in the read buffer is skipped so the
+/// connection can carry on; one still to come (or chunked) means the connection must close.
+fn skip_buffered_body(head: &RequestHead, rbuf: &mut Vec<u8>) -> bool {
+    match head.body_kind() {
+        BodyKind::Empty | BodyKind::Length(0) => true,
+        BodyKind::Length(n) if rbuf.len() as u64 >= n => {
+            rbuf.drain(..n as usize);
+            true
+        }
+        _ => false,
+    }
+}
+
 fn strip_port(h: &str) -> &str {
     if h.starts_with('[') {
         return h.split(']').next().map(|s| &s[1..]).unwrap_or(h);
@@ -1999,8 +2043,12 @@ fn write_upstream_head(
     request_id: &str,
     framing: BodyFraming,
     traceparent: Option<&str>,
+    strip_credentials: bool,
 ) {
     http1::write_request_line(out, head.method_str(), head.path(), Version::Http11);
+    // The client's credential never reaches an upstream whose credential sluice injects, nor
+    // any upstream once sluice authenticated the client with it.
+    let strip_credentials = strip_credentials || up.credential.is_some();
     // The client address, formatted once into a stack buffer (no String per request).
     let mut ip_buf = [0u8; 64];
     let ip = format_ip(peer.ip(), &mut ip_buf);
@@ -2022,7 +2070,9 @@ fn write_upstream_head(
         {
             continue;
         }
-        if name.eq_ignore_ascii_case("expect") {
+        if name.eq_ignore_ascii_case("expect")
+            || (strip_credentials && crate::auth::is_credential_header(name))
+        {
             continue;
         }
         if traceparent.is_some()
@@ -2079,6 +2129,9 @@ fn write_upstream_head(
     if let Some(tp) = traceparent {
         http1::write_header(out, "traceparent", tp.as_bytes());
     }
+    if let Some(c) = &up.credential {
+        c.write_header(out);
+    }
     match framing {
         BodyFraming::AsReceived => {
             if matches!(head.body_kind(), BodyKind::Chunked) {
@@ -2093,6 +2146,7 @@ fn write_upstream_head(
 }
 
 /// The response head as the client sees it.
+#[allow(clippy::too_many_arguments)]
 fn write_client_head(
     out: &mut Vec<u8>,
     r: &ResponseHead,
@@ -2101,6 +2155,7 @@ fn write_client_head(
     rechunk: bool,
     kind: BodyKind,
     routing: (&str, Option<&str>, Option<&str>),
+    rate_limits: Option<&crate::ratelimit::RateHeaders>,
 ) {
     http1::write_status_line(out, r.status(), r.reason(), Version::Http11);
     let has_connection = r.header("connection").is_some();
@@ -2119,6 +2174,13 @@ fn write_client_head(
             via_done = true;
             continue;
         }
+        if rate_limits.is_some()
+            && name.len() > 12
+            && name.as_bytes()[..12].eq_ignore_ascii_case(b"x-ratelimit-")
+        {
+            // sluice's own limits replace the provider's in the answer.
+            continue;
+        }
         if (matches!(kind, BodyKind::Chunked) || rechunk)
             && name.eq_ignore_ascii_case("content-length")
         {
@@ -2130,6 +2192,9 @@ fn write_client_head(
     }
     if !via_done {
         http1::write_header(out, "via", VIA);
+    }
+    if let Some(rl) = rate_limits {
+        rl.write(out);
     }
     if matches!(kind, BodyKind::Chunked) || rechunk {
         http1::write_header(out, "transfer-encoding", b"chunked");

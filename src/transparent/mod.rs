@@ -661,6 +661,7 @@ fn dynamic_upstream(
         pool_idle_max: t.pool_idle_max,
         pool_idle_timeout_ms: t.pool_idle_timeout_ms,
         host_rewrite: HostRewrite::Preserve,
+        credential: None,
         // Pass-through: no breaker, throttle, aliases; a 429's Retry-After is the client's.
         policy: crate::resilience::UpstreamPolicy::new(
             crate::resilience::config::Balance::RoundRobin,
