@@ -27,14 +27,11 @@ if ! "$PY" -c 'import openai, pytest, opentelemetry.proto, cryptography' 2>/dev/
   step "pip install openai pytest opentelemetry-proto cryptography"
   "$PY" -m pip install -q --disable-pip-version-check openai pytest opentelemetry-proto cryptography
 fi
-# test_k8s.py: an independent YAML reader and JSON Patch implementation.
+# test_k8s.py: an independent YAML reader and JSON Patch implementation. test_tls.py and
+# test_auth.py read and make certificates and keys with `cryptography`.
 if ! "$PY" -c 'import yaml, jsonpatch' 2>/dev/null; then
   step "pip install pyyaml jsonpatch"
   "$PY" -m pip install -q --disable-pip-version-check pyyaml jsonpatch
-# test_tls.py reads certificates (serials, SANs, validity) with `cryptography`.
-if ! "$PY" -c 'import cryptography' 2>/dev/null; then
-  step "pip install cryptography"
-  "$PY" -m pip install -q --disable-pip-version-check cryptography
 fi
 
 step "cargo fmt --check"
