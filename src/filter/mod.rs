@@ -607,7 +607,17 @@ impl Chain {
             ctx.body_uninspected = true;
             return;
         }
-        // Stage 1: strip the usage chunk sluice asked for; stage 2: redact the stream.
+        self.rewrite_stages(ctx, data, out);
+        // A guarded stream that ran its hard token budget dry ends here with an error event.
+        if ctx.ratelimit.guard_stream {
+            if let Some(r) = self.ratelimit() {
+                r.write_cut(ctx, out);
+            }
+        }
+    }
+
+    /// Stage 1: strip the usage chunk sluice asked for; stage 2: redact the stream.
+    fn rewrite_stages(&self, ctx: &mut ExchangeCtx, data: &[u8], out: &mut Vec<u8>) {
         let Some(red) = ctx.sse_redact.as_mut() else {
             match ctx.stripper.as_mut() {
                 Some(s) => s.feed(data, |fwd| match fwd {
@@ -640,11 +650,6 @@ impl Chain {
         ctx.response_hold = None;
         if let Some(red) = ctx.sse_redact.as_mut() {
             red.finish(out);
-        }
-        if ctx.ratelimit.guard_stream {
-            if let Some(r) = self.ratelimit() {
-                r.write_cut(ctx, out);
-            }
         }
     }
 
