@@ -14,6 +14,12 @@
 //! wake-up. This is the same trade as the kernel's `SO_BUSY_POLL` and Envoy-less data planes
 //! like DPDK: CPU for tail latency, so it is off by default (`busy_poll_us: 0`).
 //!
+//! Measured (docs/benchmarks.md, chat-rate-2000, 2026-11-29): on the project's 2-vCPU VM,
+//! `busy_poll_us: 200` made latency *worse* (+246/+411 µs p50/p99 over direct against +104/+212
+//! µs without) at 2.8× the CPU per request. The vCPUs are likely SMT siblings, so the spin slows
+//! the load generator and the mock on the other one; and each round is an `io_uring_enter`. Kept
+//! as an option for sidecars with a dedicated physical core, where it is to be measured first.
+//!
 //! Invariants:
 //! * Spinning is bounded: at most `busy_poll_us` per wait episode (from the moment the count of
 //!   waiting exchanges goes from 0 to 1), then the spinner sleeps until the count has dropped to
