@@ -291,6 +291,17 @@ fn connect_ms(pol: &route::RoutePolicy, up: &UpstreamRt) -> u64 {
     pol.connect_timeout_ms.unwrap_or(up.connect_timeout_ms)
 }
 
+/// A new (never pooled) connection to the same endpoint: the retry after a reused pooled
+/// connection turned out dead, on write or before any response byte.
+async fn fresh_conn(
+    w: &Worker,
+    up: &UpstreamRt,
+    endpoint: usize,
+    pol: &route::RoutePolicy,
+) -> Result<UpConn, ProxyError> {
+    upstream::acquire_at(&w.pools, up, endpoint, true, connect_ms(pol, up)).await
+}
+
 /// Whether a name may be echoed in a response header (visible ASCII, bounded): model names
 /// come from request bodies and must never inject header lines.
 fn header_safe(v: &str) -> bool {
@@ -896,15 +907,7 @@ impl<'a> Exchange<'a> {
                     self.w.pools.borrow_mut().discard(conn);
                     if stale {
                         stale_retried = true;
-                        match upstream::acquire_at(
-                            &self.w.pools,
-                            up,
-                            chosen.guard.endpoint,
-                            true,
-                            connect_ms(pol, up),
-                        )
-                        .await
-                        {
+                        match fresh_conn(self.w, up, chosen.guard.endpoint, pol).await {
                             Ok(c) => {
                                 conn = c;
                                 continue;
@@ -998,15 +1001,7 @@ impl<'a> Exchange<'a> {
                             self.w.pools.borrow_mut().discard(conn);
                             if stale {
                                 stale_retried = true;
-                                match upstream::acquire_at(
-                                    &self.w.pools,
-                                    up,
-                                    chosen.guard.endpoint,
-                                    true,
-                                    connect_ms(pol, up),
-                                )
-                                .await
-                                {
+                                match fresh_conn(self.w, up, chosen.guard.endpoint, pol).await {
                                     Ok(c) => {
                                         conn = c;
                                         continue;
