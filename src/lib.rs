@@ -23,6 +23,7 @@
 //! * [`error`]: the error vocabulary shared by every boundary.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod busypoll;
 pub mod config;

@@ -115,6 +115,7 @@ enum CaCmd {
 }
 
 fn init_logging(format: &str) {
+    sluice::audit::set_text_format(format == "text");
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()

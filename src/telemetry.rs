@@ -330,6 +330,7 @@ fn run(
                 records,
                 gauges: g,
             } => {
+                gen_ai.audit.begin();
                 for r in &records {
                     let Some(s) = snapshots.get(&r.generation) else {
                         continue;
@@ -349,6 +350,7 @@ fn run(
                         let _ = out.write_all(&line);
                     }
                 }
+                gen_ai.audit.flush();
                 if let Some(out) = access_log.as_mut() {
                     let _ = out.flush();
                 }
@@ -686,32 +688,32 @@ struct GenAiMetrics {
     handles: HashMap<GenAiKey, GenAiHandles>,
     /// Fractions of a micro-dollar not yet counted, per (caller, model, provider).
     cost_carry: HashMap<(Arc<str>, Arc<str>, &'static str), f64>,
+    /// `sluice_pii_detections_total` handles by (entity, action, direction, caller label):
+    /// resolved once per label set, not per detection (label strings, registry lookup).
+    pii_counters: HashMap<PiiKey, metrics::Counter>,
+    /// The audit trail, one line per detection, written once per batch.
+    audit: crate::audit::AuditWriter,
 }
+
+type PiiKey = (Arc<str>, &'static str, &'static str, Arc<str>);
 
 impl GenAiMetrics {
     fn apply(&mut self, s: &Snapshot, r: &RequestRecord, g: &crate::filter::GenAiRecord) {
         let tcfg = &s.config.telemetry;
         let caller = self.callers.label(&g.caller, tcfg.caller_labels_max);
         for a in &g.pii {
-            metrics::counter!(names::PII_DETECTIONS_TOTAL,
-                "entity" => a.entity.to_string(), "action" => a.action,
-                "direction" => a.direction, "caller" => caller.to_string())
-            .increment(1);
+            let key = (a.entity.clone(), a.action, a.direction, caller.clone());
+            self.pii_counters
+                .entry(key)
+                .or_insert_with(|| {
+                    metrics::counter!(names::PII_DETECTIONS_TOTAL,
+                        "entity" => a.entity.to_string(), "action" => a.action,
+                        "direction" => a.direction, "caller" => caller.to_string())
+                })
+                .increment(1);
             // The audit trail: one event per detection, with where it was and what was done,
-            // never the value.
-            tracing::info!(
-                target: "sluice::audit",
-                event = "pii_detection",
-                entity = %a.entity,
-                action = a.action,
-                direction = a.direction,
-                path = %a.path,
-                start = a.start,
-                end = a.end,
-                caller = %g.caller,
-                status = r.status,
-                "PII detected"
-            );
+            // never the value (src/audit.rs says why it is not a tracing event).
+            self.audit.push(a, &g.caller, r.status);
         }
         if g.provider.is_empty() {
             return;
