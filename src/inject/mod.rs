@@ -1454,7 +1454,10 @@ mod tests {
             ])
         );
         for c in [&spec["containers"][1], &spec["initContainers"][3]] {
-            assert_eq!(c["env"][0], json!({"name": "SSL_CERT_FILE", "value": bundle}));
+            assert_eq!(
+                c["env"][0],
+                json!({"name": "SSL_CERT_FILE", "value": bundle})
+            );
             assert_eq!(
                 c["volumeMounts"],
                 json!([{"name": TRUST_VOLUME, "mountPath": TRUST_MOUNT_DIR, "readOnly": true}])
@@ -1463,16 +1466,23 @@ mod tests {
         // sluice's own containers: the proxy sees the CA (key included), the app never does.
         let proxy = &spec["initContainers"][2];
         assert!(proxy["env"].to_string().find("SSL_CERT_FILE").is_none());
-        assert_eq!(proxy["volumeMounts"][1]["mountPath"], INTERCEPT_CA_MOUNT_DIR);
+        assert_eq!(
+            proxy["volumeMounts"][1]["mountPath"],
+            INTERCEPT_CA_MOUNT_DIR
+        );
         let trust = &spec["initContainers"][1];
         assert_eq!(trust["args"][0], "ca");
         assert_eq!(trust["securityContext"]["runAsUser"], PROXY_UID);
         assert!(trust["securityContext"]["capabilities"]["add"].is_null());
-        assert!(!spec["containers"].to_string().contains(INTERCEPT_CA_MOUNT_DIR));
+        assert!(!spec["containers"]
+            .to_string()
+            .contains(INTERCEPT_CA_MOUNT_DIR));
         let vols = spec["volumes"].as_array().unwrap();
         assert!(vols.contains(&json!({"name": INTERCEPT_CA_VOLUME,
             "secret": {"secretName": INTERCEPT_CA_SECRET_DEFAULT, "optional": true}})));
-        assert!(vols.iter().any(|v| v["name"] == TRUST_VOLUME && v["emptyDir"]["medium"] == "Memory"));
+        assert!(vols
+            .iter()
+            .any(|v| v["name"] == TRUST_VOLUME && v["emptyDir"]["medium"] == "Memory"));
 
         // Opting out per pod, or without iptables: none of it.
         for (ann, opts) in [
@@ -1491,7 +1501,10 @@ mod tests {
             let mut p = pod(json!({"annotations": ann}), app());
             inject_pod(&mut p, &opts, Policy::Default, "pod").unwrap();
             let s = p.to_string();
-            assert!(!s.contains(TRUST_CONTAINER) && !s.contains(INTERCEPT_CA_VOLUME), "{s}");
+            assert!(
+                !s.contains(TRUST_CONTAINER) && !s.contains(INTERCEPT_CA_VOLUME),
+                "{s}"
+            );
             assert!(!s.contains("SSL_CERT_FILE"), "{s}");
         }
         // Another Secret by annotation; a bad name or a bad env shape is an error.
@@ -1506,13 +1519,20 @@ mod tests {
             app(),
         );
         let e = inject_pod(&mut p, &Options::default(), Policy::Default, "pod").unwrap_err();
-        assert!(e.to_string().contains("sluice.dev/interceptCASecret"), "{e}");
+        assert!(
+            e.to_string().contains("sluice.dev/interceptCASecret"),
+            "{e}"
+        );
         let mut p = pod(
             json!({}),
             json!({"containers": [{"name": "a", "image": "a", "env": {"X": "1"}}]}),
         );
         let e = inject_pod(&mut p, &Options::default(), Policy::Default, "pod").unwrap_err();
-        assert!(e.to_string().contains("pod.spec.containers[0].env: not a list"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("pod.spec.containers[0].env: not a list"),
+            "{e}"
+        );
     }
 
     #[test]
