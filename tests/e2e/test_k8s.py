@@ -214,8 +214,8 @@ def test_inject_cli_rewrites_manifests_like_kube_inject(tmp_path):
     assert [d["kind"] for d in docs] == ["Deployment", "Service", "ConfigMap"]
     pod = docs[0]["spec"]["template"]
     init = pod["spec"]["initContainers"]
-    assert [c["name"] for c in init] == ["sluice-init", "sluice-proxy", "migrate"]
-    iptables, proxy = init[0], init[1]
+    assert [c["name"] for c in init] == ["sluice-init", "sluice-trust", "sluice-proxy", "migrate"]
+    iptables, trust, proxy = init[0], init[1], init[2]
     assert iptables["args"][0] == "iptables"
     assert iptables["securityContext"]["capabilities"] == {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}
     a = iptables["args"]
@@ -233,6 +233,21 @@ def test_inject_cli_rewrites_manifests_like_kube_inject(tmp_path):
     assert ann["prometheus.io/port"] == "15090" and ann["prometheus.io/scrape"] == "true"
     assert ann["sluice.dev/status"] == "injected"
     assert {"name": "sluice-config", "configMap": {"name": "sluice-config"}} in pod["spec"]["volumes"]
+    # TLS interception: the proxy gets the CA Secret (optional), the app only the trust bundle
+    # that sluice-trust (no capabilities, uid 1337) writes, and the variables naming it.
+    assert {"name": "sluice-intercept-ca",
+            "secret": {"secretName": "sluice-intercept-ca", "optional": True}} in pod["spec"]["volumes"]
+    assert trust["args"][:2] == ["ca", "bundle"] and trust["securityContext"]["runAsUser"] == 1337
+    assert "add" not in trust["securityContext"]["capabilities"]
+    assert {"name": "sluice-intercept-ca", "mountPath": "/var/run/sluice/intercept",
+            "readOnly": True} in proxy["volumeMounts"]
+    for c in (pod["spec"]["containers"][0], init[3]):
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
+            assert env[var] == "/var/run/sluice/trust/ca-bundle.pem", (c["name"], var)
+        assert {"name": "sluice-trust", "mountPath": "/var/run/sluice/trust",
+                "readOnly": True} in c["volumeMounts"]
+        assert "/var/run/sluice/intercept" not in json.dumps(c)
     # What the application had is kept: strings stay strings, octal modes stay their value.
     app = pod["spec"]["containers"][0]
     assert {"name": "WORKERS", "value": "4"} in app["env"]
@@ -255,7 +270,7 @@ def test_inject_cli_classic_form_holds_the_app_until_the_proxy_is_ready():
     assert r.returncode == 0, r.stderr
     pod = yaml.safe_load(r.stdout)["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["sluice-proxy", "web", "worker"]
-    assert [c["name"] for c in pod["initContainers"]] == ["sluice-init"]
+    assert [c["name"] for c in pod["initContainers"]] == ["sluice-init", "sluice-trust"]
     proxy = pod["containers"][0]
     assert "restartPolicy" not in proxy
     assert proxy["lifecycle"]["postStart"]["exec"]["command"][1] == "wait-ready"
