@@ -77,7 +77,8 @@ enum Cmd {
     /// Install the NAT rules that redirect a pod's traffic through sluice (init container;
     /// needs NET_ADMIN). Idempotent; see docs/transparent.md.
     Iptables(sluice::iptables::Args),
-    /// A development CA for mTLS and interception: `ca init`, `ca issue`.
+    /// A development CA for mTLS and interception: `ca init`, `ca issue`; and `ca bundle`,
+    /// the trust bundle an application needs when its HTTPS calls are intercepted.
     Ca {
         #[command(subcommand)]
         cmd: CaCmd,
@@ -111,6 +112,19 @@ enum CaCmd {
         out: PathBuf,
         #[arg(long, default_value_t = sluice::tls::ca::WORKLOAD_DAYS_DEFAULT)]
         days: u32,
+    },
+    /// Write a trust bundle for the application: the system roots plus the interception CA
+    /// (what SSL_CERT_FILE / REQUESTS_CA_BUNDLE must name when sluice intercepts TLS).
+    Bundle {
+        /// The interception CA certificate (PEM; never the key).
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// The bundle to write (mode 0644, atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// A missing --ca-cert is not an error: the bundle is then the system roots alone.
+        #[arg(long)]
+        optional: bool,
     },
 }
 
@@ -168,6 +182,17 @@ fn main() -> ExitCode {
                     out,
                     days,
                 } => sluice::tls::ca::cmd_issue(&ca, &spiffe, &dns, &out, days),
+                CaCmd::Bundle {
+                    ca_cert,
+                    out,
+                    optional,
+                } => sluice::tls::bundle::cmd_bundle(&ca_cert, &out, optional).map(|b| {
+                    println!(
+                        "{} system roots, {} interception CA certificate(s)",
+                        b.system_roots, b.intercept_certs
+                    );
+                    vec![b.path]
+                }),
             };
             match res {
                 Ok(files) => {

@@ -2,8 +2,9 @@
 //! Kubernetes manifests agree with each other and with the injector: Service selectors pick the
 //! pods they are meant for, target ports exist, the monitors scrape the port and path the
 //! sidecar serves, the webhook's Service, certificate and MutatingWebhookConfiguration point at
-//! each other, the sidecar config uses the Istio ports the injector probes and scrapes, and the
-//! generated files (the kustomize sidecar patch, the injected example, the dashboard ConfigMap)
+//! each other, the sidecar config loads with the real config loader, is transparent (outbound
+//! on 15001, inbound on 15006, HTTPS interception with the CA the injector mounts) and uses the
+//! Istio ports the injector probes and scrapes, and the generated files (the kustomize sidecar patch, the injected example, the dashboard ConfigMap)
 //! are what the code generates today.
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use sluice::inject::{self, manifest, Options};
+use sluice::transparent::{ListenerMode, ORIGINAL_DESTINATION};
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
@@ -153,12 +155,120 @@ fn every_yaml_file_parses_and_every_kustomization_names_existing_files() {
     }
 }
 
-#[test]
-fn sidecar_config_is_valid_and_uses_the_istio_ports() {
+/// `sluice.yaml` as shipped in the sidecar ConfigMap.
+fn shipped_sidecar_config() -> String {
     let cm = &docs(&k8s().join("sidecar/configmap.yaml"))[0];
     assert_eq!(s(cm, "/metadata/name"), inject::CONFIG_MAP_DEFAULT);
-    let text = s(cm, &format!("/data/{}", inject::CONFIG_FILE));
-    let cfg = sluice::config::parse("sluice-config", text).unwrap_or_else(|e| panic!("{e}"));
+    s(cm, &format!("/data/{}", inject::CONFIG_FILE)).to_string()
+}
+
+/// The shipped config through the real config loader. The loader opens the interception CA
+/// files, which in a pod are the Secret the injector mounts at `INTERCEPT_CA_MOUNT_DIR`; here
+/// that directory (and only it) is replaced by one holding a CA made by `sluice ca init`.
+fn load_sidecar_config() -> (sluice::config::Config, tempfile::TempDir) {
+    let text = shipped_sidecar_config();
+    let dir = tempfile::tempdir().expect("tempdir");
+    sluice::tls::ca::cmd_init(dir.path(), "sluice.test", 1).expect("ca init");
+    let adapted = text.replace(
+        inject::INTERCEPT_CA_MOUNT_DIR,
+        dir.path().to_str().expect("utf-8 path"),
+    );
+    let cfg = sluice::config::parse("sluice-config", &adapted).unwrap_or_else(|e| panic!("{e}"));
+    (cfg, dir)
+}
+
+#[test]
+fn sidecar_config_is_transparent_and_intercepts_with_the_mounted_ca() {
+    let text = shipped_sidecar_config();
+    // As shipped, the CA files are the injector's mount; without them the loader refuses the
+    // config and names the field (so a pod without the Secret fails loudly, not silently).
+    let ca_cert = format!(
+        "{}/{}",
+        inject::INTERCEPT_CA_MOUNT_DIR,
+        inject::INTERCEPT_CA_CERT_FILE
+    );
+    let ca_key = format!(
+        "{}/{}",
+        inject::INTERCEPT_CA_MOUNT_DIR,
+        inject::INTERCEPT_CA_KEY_FILE
+    );
+    assert!(text.contains(&ca_cert) && text.contains(&ca_key), "{text}");
+    if !Path::new(&ca_cert).exists() {
+        let e = sluice::config::parse("sluice-config", &text)
+            .expect_err("CA files missing")
+            .to_string();
+        assert!(e.contains("intercept_ca_cert_file"), "{e}");
+    }
+
+    let (cfg, dir) = load_sidecar_config();
+    let by_port = |port: u16| {
+        cfg.listeners
+            .iter()
+            .find(|l| port_of(&l.bind.value) == u64::from(port))
+            .unwrap_or_else(|| panic!("no listener on {port}"))
+    };
+    let out = by_port(inject::PORT_OUTBOUND);
+    let inb = by_port(inject::PORT_INBOUND);
+    assert_eq!(out.mode, ListenerMode::TransparentOutbound);
+    assert_eq!(inb.mode, ListenerMode::TransparentInbound);
+    // Nothing is explicit: the application never addresses the sidecar.
+    assert!(cfg.listeners.iter().all(|l| l.mode.is_transparent()));
+    // Redirected connections arrive on the pod's addresses: bind them all.
+    for l in [out, inb] {
+        let host = l.bind.value.rsplit_once(':').expect("host:port").0;
+        assert!(matches!(host, "0.0.0.0" | "[::]"), "{}", l.bind.value);
+    }
+
+    // HTTPS to the providers is intercepted with the CA at the injector's mount point.
+    let tls = out.tls.as_ref().expect("outbound tls (interception)");
+    assert!(tls.is_intercept());
+    let d = dir.path().to_str().expect("utf-8");
+    assert_eq!(
+        tls.intercept_ca_cert_file.as_ref().expect("cert").value,
+        format!("{d}/{}", inject::INTERCEPT_CA_CERT_FILE)
+    );
+    assert_eq!(
+        tls.intercept_ca_key_file.as_ref().expect("key").value,
+        format!("{d}/{}", inject::INTERCEPT_CA_KEY_FILE)
+    );
+    let hosts: Vec<&str> = out
+        .transparent
+        .intercept_hosts
+        .iter()
+        .map(|h| h.value.as_str())
+        .collect();
+    for h in ["api.openai.com", "api.anthropic.com"] {
+        assert!(hosts.contains(&h), "{hosts:?}");
+    }
+    // The real providers are verified against the system roots: no private upstream CA.
+    assert!(out.transparent.intercept_upstream_ca_file.is_none());
+
+    // Model calls go where the application sent them, inspected: intercepted HTTPS and plain
+    // HTTP to in-cluster servers alike (OpenAI-style /v1/, TGI's /generate).
+    for l in [out, inb] {
+        assert!(!l.routes.is_empty(), "{}", l.name.value);
+        for r in &l.routes {
+            assert_eq!(r.upstream.value, ORIGINAL_DESTINATION, "{}", l.name.value);
+            assert!(r.inspect.is_some(), "{}: uninspected route", l.name.value);
+        }
+    }
+    let prefixes: Vec<&str> = out
+        .routes
+        .iter()
+        .filter_map(|r| r.matcher.path_prefix.as_deref())
+        .collect();
+    assert!(prefixes.contains(&"/v1/") && prefixes.contains(&"/generate"));
+    assert!(inb
+        .routes
+        .iter()
+        .any(|r| r.matcher.path_prefix.as_deref() == Some("/v1/")));
+    // No configured upstream is needed: everything goes to original destinations.
+    assert!(cfg.upstreams.is_empty(), "{:?}", cfg.upstreams.keys());
+}
+
+#[test]
+fn sidecar_config_is_valid_and_uses_the_istio_ports() {
+    let (cfg, _dir) = load_sidecar_config();
     assert_eq!(cfg.admin.bind.value, "127.0.0.1:15000");
     let health = cfg.admin.health_bind.expect("health_bind").value;
     let prom = cfg.admin.prometheus_bind.expect("prometheus_bind").value;
@@ -248,32 +358,30 @@ fn the_example_is_coherent_and_its_injected_form_is_current() {
     let spec = &dep["spec"]["template"]["spec"];
     let app_c = &spec["containers"][0];
 
-    // The application calls the sidecar's outbound listener; the sidecar's inbound upstream is
-    // the application's port.
-    let cm = &docs(&k8s().join("sidecar/configmap.yaml"))[0];
-    let cfg = sluice::config::parse("cfg", s(cm, "/data/sluice.yaml")).expect("config");
+    // The application does not know the sidecar: no base URL pointing at it, no port of it in
+    // its code. It calls the SDK's default host, which the sidecar intercepts.
+    let (cfg, _ca_dir) = load_sidecar_config();
     let env: BTreeMap<String, &Value> = app_c["env"]
         .as_array()
         .expect("env")
         .iter()
         .map(|e| (s(e, "/name").to_string(), e))
         .collect();
-    let base = s(env["OPENAI_BASE_URL"], "/value");
-    assert_eq!(
-        base,
-        format!("http://127.0.0.1:{}/v1", inject::PORT_OUTBOUND)
-    );
+    assert!(!env.contains_key("OPENAI_BASE_URL"), "{env:?}");
+    let code = s(find(&app, "ConfigMap", "chat-app-code"), "/data/app.py");
+    assert!(code.contains("OpenAI()") && !code.contains("base_url"));
+    assert!(!code.contains(&format!(":{}", inject::PORT_OUTBOUND)));
     let outbound = cfg
         .listeners
         .iter()
         .find(|l| port_of(&l.bind.value) == u64::from(inject::PORT_OUTBOUND))
         .expect("outbound listener");
-    assert!(outbound.bind.value.starts_with("127.0.0.1:"));
+    assert!(outbound
+        .transparent
+        .intercept_hosts
+        .iter()
+        .any(|h| h.value == "api.openai.com"));
     let app_port = app_c["ports"][0]["containerPort"].as_u64().expect("port");
-    assert_eq!(
-        cfg.upstreams["app"].endpoints.value,
-        vec![format!("127.0.0.1:{app_port}")]
-    );
     assert_eq!(
         s(env["OPENAI_API_KEY"], "/valueFrom/secretKeyRef/name"),
         "provider-keys"
@@ -285,8 +393,64 @@ fn the_example_is_coherent_and_its_injected_form_is_current() {
     let code_cm = s(&spec["volumes"][0], "/configMap/name");
     find(&app, "ConfigMap", code_cm);
 
-    // Services select the pods, and their target ports exist on the injected pods.
     let injected_dep = find(&injected, "Deployment", "chat");
+    let ispec = &injected_dep["spec"]["template"]["spec"];
+    let init: BTreeMap<&str, &Value> = ispec["initContainers"]
+        .as_array()
+        .expect("initContainers")
+        .iter()
+        .map(|c| (s(c, "/name"), c))
+        .collect();
+    // Every outbound port is redirected (443 included: the HTTPS calls are intercepted), and
+    // the application's port is redirected inbound.
+    let args: Vec<&str> = init[inject::INIT_CONTAINER]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(!args.contains(&"--exclude-outbound-ports"), "{args:?}");
+    assert!(!args.contains(&"--include-outbound-ports"), "{args:?}");
+    let excluded_in = args[args
+        .iter()
+        .position(|a| *a == "--exclude-inbound-ports")
+        .expect("--exclude-inbound-ports")
+        + 1];
+    assert!(!excluded_in.split(',').any(|p| p == app_port.to_string()));
+    // The proxy mounts the CA Secret where the config reads it; the app gets the bundle.
+    let proxy = init[inject::PROXY_CONTAINER];
+    assert!(proxy["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .any(|m| m["mountPath"] == inject::INTERCEPT_CA_MOUNT_DIR
+            && m["name"] == inject::INTERCEPT_CA_VOLUME));
+    let vol = ispec["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == inject::INTERCEPT_CA_VOLUME)
+        .expect("CA volume");
+    assert_eq!(
+        s(vol, "/secret/secretName"),
+        inject::INTERCEPT_CA_SECRET_DEFAULT
+    );
+    assert!(init.contains_key(inject::TRUST_CONTAINER));
+    let iapp = &ispec["containers"][0];
+    let bundle = format!("{}/{}", inject::TRUST_MOUNT_DIR, inject::TRUST_BUNDLE_FILE);
+    for var in inject::TRUST_ENV {
+        assert!(
+            iapp["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .any(|e| e["name"] == var && e["value"] == bundle.as_str()),
+            "{var}"
+        );
+    }
+    assert!(!iapp.to_string().contains(inject::INTERCEPT_CA_MOUNT_DIR));
+
+    // Services select the pods, and their target ports exist on the injected pods.
     let ports = container_ports(&injected_dep["spec"]["template"]["spec"]);
     for svc in app.iter().filter(|d| d["kind"] == "Service") {
         assert!(

@@ -23,6 +23,14 @@
 //!   `prometheus.io/*` annotations pointing at `/stats/prometheus` on 15090 (only when the pod has
 //!   no scrape annotation of its own);
 //! * the config volume (a ConfigMap, `sluice-config` by default) mounted at `/etc/sluice`;
+//! * with iptables interception, the means to intercept HTTPS (`transparent.intercept_hosts`):
+//!   the interception CA Secret (`sluice-intercept-ca`, *optional*, so a pod whose config
+//!   intercepts nothing starts without it) mounted into the proxy at
+//!   `/var/run/sluice/intercept`; a `sluice-trust` init container (UID 1337, no capabilities)
+//!   running `sluice ca bundle`, which writes the system roots plus the CA certificate (never
+//!   the key) into a memory `emptyDir`; and in every application container that bundle at
+//!   `/var/run/sluice/trust/ca-bundle.pem` with `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE` and
+//!   `NODE_EXTRA_CA_CERTS` naming it (a variable the container already sets is left alone);
 //! * the `sluice.dev/status: injected` annotation, which makes injection idempotent.
 //!
 //! Invariants:
@@ -84,6 +92,31 @@ pub const CONFIG_FILE: &str = "sluice.yaml";
 pub const CONFIG_MAP_DEFAULT: &str = "sluice-config";
 /// Where the image keeps the binary (used by the lifecycle hooks, which need a path).
 pub const BINARY_PATH: &str = "/usr/local/bin/sluice";
+/// The init container that writes the application's trust bundle (`sluice ca bundle`).
+pub const TRUST_CONTAINER: &str = "sluice-trust";
+/// The volume holding the interception CA (a Secret with `ca.pem` and `ca-key.pem`).
+pub const INTERCEPT_CA_VOLUME: &str = "sluice-intercept-ca";
+/// The default Secret holding the interception CA, in the pod's namespace (optional).
+pub const INTERCEPT_CA_SECRET_DEFAULT: &str = "sluice-intercept-ca";
+/// Where the proxy (and `sluice-trust`) see the interception CA; the sidecar config's
+/// `tls.intercept_ca_cert_file` / `intercept_ca_key_file` point here.
+pub const INTERCEPT_CA_MOUNT_DIR: &str = "/var/run/sluice/intercept";
+/// The CA certificate inside [`INTERCEPT_CA_MOUNT_DIR`] (the Secret's key; `sluice ca init`'s name).
+pub const INTERCEPT_CA_CERT_FILE: &str = "ca.pem";
+/// The CA key inside [`INTERCEPT_CA_MOUNT_DIR`] (only the proxy mounts it).
+pub const INTERCEPT_CA_KEY_FILE: &str = "ca-key.pem";
+/// The memory `emptyDir` holding the application's trust bundle.
+pub const TRUST_VOLUME: &str = "sluice-trust";
+/// Where the application containers see the trust bundle.
+pub const TRUST_MOUNT_DIR: &str = "/var/run/sluice/trust";
+/// The trust bundle: system roots plus the interception CA certificate.
+pub const TRUST_BUNDLE_FILE: &str = "ca-bundle.pem";
+/// Size limit of the trust `emptyDir` (the Mozilla roots are ~220 KB of PEM).
+pub const TRUST_VOLUME_SIZE_LIMIT: &str = "4Mi";
+/// Environment variables pointing the application's TLS clients at the trust bundle:
+/// OpenSSL-based clients, Go, curl and httpx (the `openai` SDK); Python `requests`; Node
+/// (added to its own roots).
+pub const TRUST_ENV: [&str; 3] = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"];
 /// The default proxy image (built from `deploy/Dockerfile`).
 pub const IMAGE_DEFAULT: &str = concat!("sluice:", env!("CARGO_PKG_VERSION"));
 
@@ -168,6 +201,9 @@ pub struct Options {
     pub drain_delay_ms: u64,
     /// Also redirect IPv6 (`sluice iptables --ipv6`; the image needs `ip6tables`).
     pub ipv6: bool,
+    /// Secret with the interception CA, or `None`: no CA volume, no trust bundle, no trust
+    /// environment (applies only with [`Interception::Iptables`]).
+    pub intercept_ca_secret: Option<String>,
 }
 
 impl Default for Options {
@@ -184,6 +220,7 @@ impl Default for Options {
             memory_limit: Some(MEMORY_LIMIT_DEFAULT.to_string()),
             drain_delay_ms: DRAIN_DELAY_MS_DEFAULT,
             ipv6: false,
+            intercept_ca_secret: Some(INTERCEPT_CA_SECRET_DEFAULT.to_string()),
         }
     }
 }
@@ -226,6 +263,11 @@ pub struct OptionsArgs {
     /// Also redirect IPv6 traffic (`sluice iptables --ipv6`), for dual-stack pods.
     #[arg(long)]
     pub ipv6: bool,
+    /// Secret (in the pod's namespace, optional) with the TLS interception CA (`ca.pem`,
+    /// `ca-key.pem`): mounted into the proxy, its certificate added to the application's trust
+    /// bundle. `none`: no CA volume, trust bundle or trust environment variables.
+    #[arg(long, default_value = INTERCEPT_CA_SECRET_DEFAULT)]
+    pub intercept_ca_secret: String,
 }
 
 impl OptionsArgs {
@@ -246,6 +288,12 @@ impl OptionsArgs {
         }
         if !is_dns_subdomain(&self.config_map) {
             return Err(InjectError::invalid("--config-map", "not a ConfigMap name"));
+        }
+        if self.intercept_ca_secret != "none" && !is_dns_subdomain(&self.intercept_ca_secret) {
+            return Err(InjectError::invalid(
+                "--intercept-ca-secret",
+                "not a Secret name (or `none`)",
+            ));
         }
         if let Some(p) = &self.image_pull_policy {
             if !matches!(p.as_str(), "Always" | "IfNotPresent" | "Never") {
@@ -281,6 +329,8 @@ impl OptionsArgs {
             memory_limit: (self.memory_limit != "none").then_some(self.memory_limit),
             drain_delay_ms: self.drain_delay_ms,
             ipv6: self.ipv6,
+            intercept_ca_secret: (self.intercept_ca_secret != "none")
+                .then_some(self.intercept_ca_secret),
         })
     }
 }
@@ -382,6 +432,15 @@ struct Settings {
     include_inbound_ports: Option<String>,
     exclude_inbound_ports: String,
     ipv6: bool,
+    intercept_ca_secret: Option<String>,
+}
+
+impl Settings {
+    /// Whether the pod gets the interception CA and the application's trust bundle: only when
+    /// its traffic is redirected (without iptables nothing is intercepted transparently).
+    fn trust(&self) -> bool {
+        self.interception == Interception::Iptables && self.intercept_ca_secret.is_some()
+    }
 }
 
 /// Inject the sidecar into `pod`: a Pod, or a pod template (`{metadata, spec}`).
@@ -483,6 +542,9 @@ pub fn inject_pod(
         ));
     }
     let s = settings(opts, &annotations, path)?;
+    if s.trust() {
+        check_trust_targets(spec_obj, path)?;
+    }
     let first_app = spec_obj
         .get("containers")
         .and_then(Value::as_array)
@@ -523,10 +585,21 @@ pub fn inject_pod(
         .get_mut("spec")
         .and_then(Value::as_object_mut)
         .ok_or_else(|| InjectError::invalid(format!("{path}.spec"), "not an object"))?;
+    // The application's own containers first (sluice's are not in the lists yet).
+    if s.trust() {
+        for key in ["containers", "initContainers"] {
+            for c in list_mut(spec, key).iter_mut() {
+                add_trust(c);
+            }
+        }
+    }
     let proxy = proxy_container(&s);
     let mut init_front: Vec<Value> = Vec::new();
     if s.interception == Interception::Iptables {
         init_front.push(init_container(&s));
+    }
+    if s.trust() {
+        init_front.push(trust_container(&s));
     }
     match s.form {
         SidecarForm::Native => init_front.push(proxy),
@@ -551,6 +624,32 @@ pub fn inject_pod(
             "name": CONFIG_VOLUME,
             "configMap": {"name": s.config_map},
         }));
+    }
+    if let (true, Some(secret)) = (s.trust(), &s.intercept_ca_secret) {
+        // Optional: a namespace whose config intercepts nothing needs no Secret; the proxy
+        // refuses a config that names CA files that are not there, with the file named.
+        for (name, vol) in [
+            (
+                INTERCEPT_CA_VOLUME,
+                json!({"secret": {"secretName": secret, "optional": true}}),
+            ),
+            (
+                TRUST_VOLUME,
+                json!({"emptyDir": {"medium": "Memory", "sizeLimit": TRUST_VOLUME_SIZE_LIMIT}}),
+            ),
+        ] {
+            if !volumes
+                .iter()
+                .any(|v| v.get("name").and_then(Value::as_str) == Some(name))
+            {
+                let mut v = Map::new();
+                v.insert("name".into(), json!(name));
+                if let Value::Object(m) = vol {
+                    v.extend(m);
+                }
+                volumes.push(Value::Object(v));
+            }
+        }
     }
     Ok(Outcome::Injected)
 }
@@ -648,7 +747,20 @@ fn settings(
         include_inbound_ports: None,
         exclude_inbound_ports: String::new(),
         ipv6: opts.ipv6,
+        intercept_ca_secret: opts.intercept_ca_secret.clone(),
     };
+    if let Some((k, v)) = annotation(ann, &["sluice.dev/interceptCASecret"]) {
+        s.intercept_ca_secret = match v {
+            "none" => None,
+            v if is_dns_subdomain(v) => Some(v.to_string()),
+            v => {
+                return Err(InjectError::invalid(
+                    field(k),
+                    format!("`{v}` is not a Secret name (or `none`)"),
+                ))
+            }
+        };
+    }
     if let Some((k, v)) = annotation(ann, &["sluice.dev/ipv6"]) {
         s.ipv6 = parse_bool(v).ok_or_else(|| {
             InjectError::invalid(field(k), format!("`{v}` is not \"true\" or \"false\""))
@@ -894,6 +1006,112 @@ fn is_dns_subdomain(v: &str) -> bool {
         && v.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
+/// Before mutating: every application container is an object whose `env` and `volumeMounts`
+/// (when present) are lists, so [`add_trust`] cannot meet a shape it would have to guess at.
+fn check_trust_targets(spec: &Map<String, Value>, path: &str) -> Result<(), InjectError> {
+    for key in ["containers", "initContainers"] {
+        for (i, c) in spec
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let f = format!("{path}.spec.{key}[{i}]");
+            let Some(c) = c.as_object() else {
+                return Err(InjectError::invalid(f, "not an object"));
+            };
+            for list in ["env", "volumeMounts"] {
+                if let Some(v) = c.get(list) {
+                    if !v.is_array() && !v.is_null() {
+                        return Err(InjectError::invalid(format!("{f}.{list}"), "not a list"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Point one application container at the trust bundle: mount it and set the trust
+/// variables, leaving alone a mount of the same name or path and any variable already set.
+fn add_trust(c: &mut Value) {
+    let Some(c) = c.as_object_mut() else { return };
+    let bundle = format!("{TRUST_MOUNT_DIR}/{TRUST_BUNDLE_FILE}");
+    let env = list_mut(c, "env");
+    for name in TRUST_ENV {
+        if !env
+            .iter()
+            .any(|e| e.get("name").and_then(Value::as_str) == Some(name))
+        {
+            env.push(json!({"name": name, "value": bundle}));
+        }
+    }
+    let mounts = list_mut(c, "volumeMounts");
+    if !mounts.iter().any(|m| {
+        m.get("name").and_then(Value::as_str) == Some(TRUST_VOLUME)
+            || m.get("mountPath").and_then(Value::as_str) == Some(TRUST_MOUNT_DIR)
+    }) {
+        mounts.push(json!({"name": TRUST_VOLUME, "mountPath": TRUST_MOUNT_DIR, "readOnly": true}));
+    }
+}
+
+/// The `sluice-trust` init container: writes the application's trust bundle (system roots
+/// plus the interception CA certificate) into the trust `emptyDir`.
+fn trust_container(s: &Settings) -> Value {
+    let mut c = Map::new();
+    c.insert("name".into(), json!(TRUST_CONTAINER));
+    c.insert("image".into(), json!(s.image));
+    if let Some(p) = &s.image_pull_policy {
+        c.insert("imagePullPolicy".into(), json!(p));
+    }
+    c.insert(
+        "args".into(),
+        json!([
+            "ca",
+            "bundle",
+            "--ca-cert",
+            format!("{INTERCEPT_CA_MOUNT_DIR}/{INTERCEPT_CA_CERT_FILE}"),
+            "--out",
+            format!("{TRUST_MOUNT_DIR}/{TRUST_BUNDLE_FILE}"),
+            "--optional",
+        ]),
+    );
+    c.insert(
+        "resources".into(),
+        json!({
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
+        }),
+    );
+    c.insert("securityContext".into(), proxy_security_context());
+    c.insert(
+        "volumeMounts".into(),
+        json!([
+            {"name": INTERCEPT_CA_VOLUME, "mountPath": INTERCEPT_CA_MOUNT_DIR, "readOnly": true},
+            {"name": TRUST_VOLUME, "mountPath": TRUST_MOUNT_DIR},
+        ]),
+    );
+    c.insert(
+        "terminationMessagePolicy".into(),
+        json!("FallbackToLogsOnError"),
+    );
+    Value::Object(c)
+}
+
+/// UID/GID 1337 (never redirected), non-root, read-only root filesystem, no capabilities.
+fn proxy_security_context() -> Value {
+    json!({
+        "runAsUser": PROXY_UID,
+        "runAsGroup": PROXY_UID,
+        "runAsNonRoot": true,
+        "readOnlyRootFilesystem": true,
+        "allowPrivilegeEscalation": false,
+        "privileged": false,
+        "capabilities": {"drop": ["ALL"]},
+    })
+}
+
 fn http_probe(path: &str, period_s: u32, failures: u32) -> Value {
     json!({
         "httpGet": {"path": path, "port": PORT_HEALTH},
@@ -980,22 +1198,15 @@ fn proxy_container(s: &Settings) -> Value {
         );
     }
     c.insert("resources".into(), Value::Object(resources));
-    c.insert(
-        "securityContext".into(),
-        json!({
-            "runAsUser": PROXY_UID,
-            "runAsGroup": PROXY_UID,
-            "runAsNonRoot": true,
-            "readOnlyRootFilesystem": true,
-            "allowPrivilegeEscalation": false,
-            "privileged": false,
-            "capabilities": {"drop": ["ALL"]},
-        }),
-    );
-    c.insert(
-        "volumeMounts".into(),
-        json!([{"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT_DIR, "readOnly": true}]),
-    );
+    c.insert("securityContext".into(), proxy_security_context());
+    let mut mounts =
+        vec![json!({"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT_DIR, "readOnly": true})];
+    if s.trust() {
+        mounts.push(json!({
+            "name": INTERCEPT_CA_VOLUME, "mountPath": INTERCEPT_CA_MOUNT_DIR, "readOnly": true,
+        }));
+    }
+    c.insert("volumeMounts".into(), Value::Array(mounts));
     c.insert(
         "terminationMessagePolicy".into(),
         json!("FallbackToLogsOnError"),
@@ -1145,9 +1356,15 @@ mod tests {
         );
         let out = inject_pod(&mut p, &Options::default(), Policy::Default, "pod").unwrap();
         assert_eq!(out, Outcome::Injected);
+        let vols = p["spec"]["volumes"].as_array().unwrap();
         assert_eq!(
-            p["spec"]["volumes"],
-            json!([{"name": "sluice-config", "secret": {"secretName": "mine"}}])
+            vols[0],
+            json!({"name": "sluice-config", "secret": {"secretName": "mine"}})
+        );
+        assert_eq!(
+            vols.iter().filter(|v| v["name"] == CONFIG_VOLUME).count(),
+            1,
+            "{vols:?}"
         );
     }
 
@@ -1198,6 +1415,124 @@ mod tests {
         assert!(inject_pod(&mut p, &opts, Policy::Default, "pod").is_err());
         let mut p = json!([1]);
         assert!(inject_pod(&mut p, &opts, Policy::Default, "pod").is_err());
+    }
+
+    #[test]
+    fn the_application_trusts_the_interception_ca_through_a_bundle() {
+        let mut p = pod(
+            json!({}),
+            json!({
+                "initContainers": [{"name": "migrate", "image": "m"}],
+                "containers": [
+                    {"name": "app", "image": "a",
+                     "env": [{"name": "SSL_CERT_FILE", "value": "/mine.pem"}]},
+                    {"name": "side", "image": "s", "volumeMounts": null},
+                ],
+            }),
+        );
+        inject_pod(&mut p, &Options::default(), Policy::Default, "pod").unwrap();
+        let spec = &p["spec"];
+        let names: Vec<&str> = spec["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [INIT_CONTAINER, TRUST_CONTAINER, PROXY_CONTAINER, "migrate"]
+        );
+        let bundle = format!("{TRUST_MOUNT_DIR}/{TRUST_BUNDLE_FILE}");
+        // The app's own SSL_CERT_FILE is kept; the others are added.
+        let app_c = &spec["containers"][0];
+        assert_eq!(
+            app_c["env"],
+            json!([
+                {"name": "SSL_CERT_FILE", "value": "/mine.pem"},
+                {"name": "REQUESTS_CA_BUNDLE", "value": bundle},
+                {"name": "NODE_EXTRA_CA_CERTS", "value": bundle},
+            ])
+        );
+        for c in [&spec["containers"][1], &spec["initContainers"][3]] {
+            assert_eq!(
+                c["env"][0],
+                json!({"name": "SSL_CERT_FILE", "value": bundle})
+            );
+            assert_eq!(
+                c["volumeMounts"],
+                json!([{"name": TRUST_VOLUME, "mountPath": TRUST_MOUNT_DIR, "readOnly": true}])
+            );
+        }
+        // sluice's own containers: the proxy sees the CA (key included), the app never does.
+        let proxy = &spec["initContainers"][2];
+        assert!(proxy["env"].to_string().find("SSL_CERT_FILE").is_none());
+        assert_eq!(
+            proxy["volumeMounts"][1]["mountPath"],
+            INTERCEPT_CA_MOUNT_DIR
+        );
+        let trust = &spec["initContainers"][1];
+        assert_eq!(trust["args"][0], "ca");
+        assert_eq!(trust["securityContext"]["runAsUser"], PROXY_UID);
+        assert!(trust["securityContext"]["capabilities"]["add"].is_null());
+        assert!(!spec["containers"]
+            .to_string()
+            .contains(INTERCEPT_CA_MOUNT_DIR));
+        let vols = spec["volumes"].as_array().unwrap();
+        assert!(vols.contains(&json!({"name": INTERCEPT_CA_VOLUME,
+            "secret": {"secretName": INTERCEPT_CA_SECRET_DEFAULT, "optional": true}})));
+        assert!(vols
+            .iter()
+            .any(|v| v["name"] == TRUST_VOLUME && v["emptyDir"]["medium"] == "Memory"));
+
+        // Opting out per pod, or without iptables: none of it.
+        for (ann, opts) in [
+            (
+                json!({"sluice.dev/interceptCASecret": "none"}),
+                Options::default(),
+            ),
+            (
+                json!({}),
+                Options {
+                    interception: Interception::None,
+                    ..Options::default()
+                },
+            ),
+        ] {
+            let mut p = pod(json!({"annotations": ann}), app());
+            inject_pod(&mut p, &opts, Policy::Default, "pod").unwrap();
+            let s = p.to_string();
+            assert!(
+                !s.contains(TRUST_CONTAINER) && !s.contains(INTERCEPT_CA_VOLUME),
+                "{s}"
+            );
+            assert!(!s.contains("SSL_CERT_FILE"), "{s}");
+        }
+        // Another Secret by annotation; a bad name or a bad env shape is an error.
+        let mut p = pod(
+            json!({"annotations": {"sluice.dev/interceptCASecret": "team-ca"}}),
+            app(),
+        );
+        inject_pod(&mut p, &Options::default(), Policy::Default, "pod").unwrap();
+        assert!(p["spec"]["volumes"].to_string().contains("\"team-ca\""));
+        let mut p = pod(
+            json!({"annotations": {"sluice.dev/interceptCASecret": "Bad_Name"}}),
+            app(),
+        );
+        let e = inject_pod(&mut p, &Options::default(), Policy::Default, "pod").unwrap_err();
+        assert!(
+            e.to_string().contains("sluice.dev/interceptCASecret"),
+            "{e}"
+        );
+        let mut p = pod(
+            json!({}),
+            json!({"containers": [{"name": "a", "image": "a", "env": {"X": "1"}}]}),
+        );
+        let e = inject_pod(&mut p, &Options::default(), Policy::Default, "pod").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("pod.spec.containers[0].env: not a list"),
+            "{e}"
+        );
     }
 
     #[test]

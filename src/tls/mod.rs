@@ -11,6 +11,7 @@
 //! * [`reload`]: the `sluice-tls-watch` thread that rebuilds TLS state when files change.
 //! * [`spiffe`]: SPIFFE IDs: parse, read from a certificate, match against allow lists.
 //! * [`ca`]: `sluice ca init` / `sluice ca issue`.
+//! * [`bundle`]: `sluice ca bundle`: system roots + interception CA for the application.
 //! * [`replay`]: the socket wrapper that replays bytes read before the handshake.
 //! * [`stats`]: handshake, reload and mint counters.
 //!
@@ -22,6 +23,7 @@
 //! Invariants: one crypto provider (ring) everywhere; all files are read off the workers (at
 //! snapshot build or on the watch thread); a failed rebuild never replaces working state.
 
+pub mod bundle;
 pub mod ca;
 pub mod client;
 pub mod mint;

@@ -6,10 +6,12 @@
 * `sluice inject-webhook` over HTTPS with an openssl certificate: curl posts AdmissionReviews,
   the JSON Patch is applied with an independent implementation (python `jsonpatch`) and compared
   with the golden pod; bad requests, limits, keep-alive and certificate rotation;
-* the example application of deploy/kubernetes/examples/chat (the official `openai` SDK) runs
-  against the sidecar configuration of deploy/kubernetes/sidecar, inbound and outbound.
+* the example application of deploy/kubernetes/examples/chat (the official `openai` SDK, calling
+  https://api.openai.com itself) runs behind the sidecar configuration of deploy/kubernetes/sidecar
+  in network namespaces with the injected `sluice iptables` rules: transparent outbound with
+  HTTPS interception, plain HTTP to an in-cluster model server, transparent inbound (root only).
 
-Everything binds 127.0.0.1 on free ports.
+Everything else binds 127.0.0.1 on free ports.
 """
 
 import base64
@@ -212,8 +214,8 @@ def test_inject_cli_rewrites_manifests_like_kube_inject(tmp_path):
     assert [d["kind"] for d in docs] == ["Deployment", "Service", "ConfigMap"]
     pod = docs[0]["spec"]["template"]
     init = pod["spec"]["initContainers"]
-    assert [c["name"] for c in init] == ["sluice-init", "sluice-proxy", "migrate"]
-    iptables, proxy = init[0], init[1]
+    assert [c["name"] for c in init] == ["sluice-init", "sluice-trust", "sluice-proxy", "migrate"]
+    iptables, trust, proxy = init[0], init[1], init[2]
     assert iptables["args"][0] == "iptables"
     assert iptables["securityContext"]["capabilities"] == {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}
     a = iptables["args"]
@@ -231,6 +233,21 @@ def test_inject_cli_rewrites_manifests_like_kube_inject(tmp_path):
     assert ann["prometheus.io/port"] == "15090" and ann["prometheus.io/scrape"] == "true"
     assert ann["sluice.dev/status"] == "injected"
     assert {"name": "sluice-config", "configMap": {"name": "sluice-config"}} in pod["spec"]["volumes"]
+    # TLS interception: the proxy gets the CA Secret (optional), the app only the trust bundle
+    # that sluice-trust (no capabilities, uid 1337) writes, and the variables naming it.
+    assert {"name": "sluice-intercept-ca",
+            "secret": {"secretName": "sluice-intercept-ca", "optional": True}} in pod["spec"]["volumes"]
+    assert trust["args"][:2] == ["ca", "bundle"] and trust["securityContext"]["runAsUser"] == 1337
+    assert "add" not in trust["securityContext"]["capabilities"]
+    assert {"name": "sluice-intercept-ca", "mountPath": "/var/run/sluice/intercept",
+            "readOnly": True} in proxy["volumeMounts"]
+    for c in (pod["spec"]["containers"][0], init[3]):
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
+            assert env[var] == "/var/run/sluice/trust/ca-bundle.pem", (c["name"], var)
+        assert {"name": "sluice-trust", "mountPath": "/var/run/sluice/trust",
+                "readOnly": True} in c["volumeMounts"]
+        assert "/var/run/sluice/intercept" not in json.dumps(c)
     # What the application had is kept: strings stay strings, octal modes stay their value.
     app = pod["spec"]["containers"][0]
     assert {"name": "WORKERS", "value": "4"} in app["env"]
@@ -253,7 +270,7 @@ def test_inject_cli_classic_form_holds_the_app_until_the_proxy_is_ready():
     assert r.returncode == 0, r.stderr
     pod = yaml.safe_load(r.stdout)["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["sluice-proxy", "web", "worker"]
-    assert [c["name"] for c in pod["initContainers"]] == ["sluice-init"]
+    assert [c["name"] for c in pod["initContainers"]] == ["sluice-init", "sluice-trust"]
     proxy = pod["containers"][0]
     assert "restartPolicy" not in proxy
     assert proxy["lifecycle"]["postStart"]["exec"]["command"][1] == "wait-ready"
@@ -501,52 +518,188 @@ def test_kustomizations_build():
 
 
 # --- the example application through the sidecar's configuration ------------------------------
+#
+# A pod, as network namespaces (tests/e2e/test_transparent.py's `Net`): the "app" namespace is
+# the pod (the example application, sluice as uid 1337 with the shipped config, the rules of the
+# injected `sluice-init` container); the "model" namespace is the rest of the world: the
+# provider (the mock over TLS, with a certificate for api.openai.com from a stand-in public CA)
+# and an in-cluster vLLM (the mock over plain HTTP). The namespace's /etc/hosts sends
+# api.openai.com and vllm.models.svc.cluster.local there, so the unmodified application calls
+# them by name and never addresses sluice.
 
-def test_example_app_through_the_sidecar_config(mock, tmp_path):
-    """deploy/kubernetes/examples/chat's app (openai SDK) behind deploy/kubernetes/sidecar's
-    config, with only addresses changed: inbound -> app -> outbound -> model, tokens counted."""
-    cfg = yaml.safe_load(yaml.safe_load((K8S / "sidecar" / "configmap.yaml").read_text())
-                         ["data"]["sluice.yaml"])
-    out_port, in_port, app_port = free_port(), free_port(), free_port()
-    hp, pp = free_port(), free_port()
-    cfg["admin"] = {"bind": "127.0.0.1:{admin_port}", "health_bind": f"127.0.0.1:{hp}",
-                    "prometheus_bind": f"127.0.0.1:{pp}"}
-    binds = {"outbound": f"127.0.0.1:{out_port}", "inbound": f"127.0.0.1:{in_port}"}
-    for listener in cfg["listeners"]:
-        listener["bind"] = binds[listener["name"]]
-    cfg["upstreams"]["openai"] = {"endpoints": [mock.addr], "tls": {"enabled": False}}
-    cfg["upstreams"]["app"]["endpoints"] = [f"127.0.0.1:{app_port}"]
-    cfg["telemetry"] = {"flush_interval_ms": 50}
-    s = start_sluice(yaml.safe_dump(cfg).replace("'{admin_port}'", "{admin_port}"))
-    app_docs = list(yaml.safe_load_all((K8S / "examples" / "chat" / "app.yaml").read_text()))
-    code = [d for d in app_docs if d["kind"] == "ConfigMap"][0]["data"]["app.py"]
-    (tmp_path / "app.py").write_text(code)
-    env = dict(os.environ, OPENAI_BASE_URL=f"http://127.0.0.1:{out_port}/v1",
-               OPENAI_API_KEY="sk-test-not-a-key", PORT=str(app_port), MODEL="gpt-4o-mini")
-    app = subprocess.Popen([sys.executable, str(tmp_path / "app.py")], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+from test_transparent import SKIP as NETNS_SKIP, Net, sh  # noqa: E402
+
+INJECTED = K8S / "examples" / "chat" / "app.injected.yaml"
+CA_MOUNT = "/var/run/sluice/intercept"   # sluice::inject::INTERCEPT_CA_MOUNT_DIR
+TRUST_MOUNT = "/var/run/sluice/trust"    # sluice::inject::TRUST_MOUNT_DIR
+VLLM_HOST = "vllm.models.svc.cluster.local"
+
+
+def shipped_sidecar_config():
+    cm = yaml.safe_load((K8S / "sidecar" / "configmap.yaml").read_text())
+    return cm["data"]["sluice.yaml"]
+
+
+def adapt_sidecar_config(text, ca_dir, upstream_ca):
+    """The shipped config with only what a test must change: the interception CA's directory
+    (the Secret the injector mounts) and, because the stand-in provider's certificate is not
+    from a public CA, that CA as `intercept_upstream_ca_file`. Everything else is checked
+    unchanged."""
+    cfg = yaml.safe_load(text.replace(CA_MOUNT, str(ca_dir)))
+    out = [l for l in cfg["listeners"] if l["mode"] == "transparent_outbound"]
+    assert len(out) == 1, cfg["listeners"]
+    out[0]["transparent"]["intercept_upstream_ca_file"] = str(upstream_ca)
+    shipped = yaml.safe_load(text)
+    again = yaml.safe_load(yaml.safe_dump(cfg).replace(str(ca_dir), CA_MOUNT))
+    for l in again["listeners"]:
+        l.get("transparent", {}).pop("intercept_upstream_ca_file", None)
+    assert again == shipped, "the test may adapt only the CA paths and the upstream CA"
+    return yaml.safe_dump(cfg)
+
+
+def injected_chat_pod():
+    dep = [d for d in yaml.safe_load_all(INJECTED.read_text()) if d["kind"] == "Deployment"][0]
+    spec = dep["spec"]["template"]["spec"]
+    init = {c["name"]: c for c in spec["initContainers"]}
+    app = [c for c in spec["containers"] if c["name"] == "app"][0]
+    return init, app
+
+
+@pytest.mark.skipif(NETNS_SKIP is not None, reason=NETNS_SKIP or "")
+def test_example_app_through_the_sidecar_config():
+    """deploy/kubernetes/examples/chat's app (the openai SDK, unmodified: no base URL) behind
+    deploy/kubernetes/sidecar's config, transparent: its HTTPS call to api.openai.com is
+    redirected by the injected iptables rules, intercepted with the CA, inspected and
+    re-encrypted to the (verified) provider; an in-cluster vLLM is reached over plain HTTP,
+    inspected; inbound calls reach the app through 15006; the Istio health and scrape ports
+    stay reachable. Tokens are counted for the pod's caller, `chat`."""
+    net = Net()
     try:
-        wait_port(app_port, timeout=20)
-        # The Service's traffic and the kubelet's probe, as iptables would send them: to 15006.
-        assert http_get(f"http://127.0.0.1:{in_port}/healthz")[0] == 200
-        status, body = http_get(f"http://127.0.0.1:{in_port}/ask?q=hello", timeout=20)
-        assert status == 200, body
+        net.up()
+        d = net.dir
+        init, app_c = injected_chat_pod()
+
+        # The world: a stand-in public CA and the provider's certificate, the provider over TLS
+        # on :443, an in-cluster vLLM over plain HTTP on :8000.
+        sh(SLUICE_BIN, "ca", "init", "--out", str(d / "publicca"), "--trust-domain", "public.test")
+        sh(SLUICE_BIN, "ca", "issue", "--ca", str(d / "publicca"), "--spiffe",
+           "spiffe://public.test/ns/openai/sa/api", "--dns", "api.openai.com",
+           "--dns", "api.anthropic.com", "--out", str(d / "provider"))
+        net.start_mock(net.model, f"{net.model_ip}:443", "--tls-cert",
+                       str(d / "provider" / "cert.pem"), "--tls-key", str(d / "provider" / "key.pem"))
+        net.start_mock(net.model, f"{net.model_ip}:8000", "--tokens", "5")
+        with open(Path("/etc/netns") / net.app / "hosts", "a") as h:
+            h.write(f"{net.model_ip} api.openai.com\n{net.model_ip} api.anthropic.com\n"
+                    f"{net.model_ip} {VLLM_HOST}\n")
+
+        # The interception CA, as the Secret `sluice-intercept-ca` would hold it.
+        ca_dir = d / "intercept"
+        sh(SLUICE_BIN, "ca", "init", "--out", str(ca_dir), "--trust-domain", "sluice.test")
+        trust_dir = d / "trust"
+        trust_dir.mkdir()
+        for p in [*d.rglob("*.pem"), ca_dir, d / "publicca", d / "provider"]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)  # the Secret's files: 0644
+        os.chmod(trust_dir, 0o777)  # an emptyDir
+
+        # sluice-trust, as injected: the app's bundle (system roots + interception CA), as 1337.
+        args = [a.replace(CA_MOUNT, str(ca_dir)).replace(TRUST_MOUNT, str(trust_dir))
+                for a in init["sluice-trust"]["args"]]
+        r = sh("setpriv", "--reuid=1337", "--regid=1337", "--clear-groups", SLUICE_BIN, *args)
+        assert "1 interception CA certificate" in r.stdout, r.stdout
+        bundle = trust_dir / "ca-bundle.pem"
+
+        # sluice-proxy with the shipped config; then sluice-init's rules, exactly as injected.
+        net.start_sluice(adapt_sidecar_config(shipped_sidecar_config(), ca_dir,
+                                              d / "publicca" / "ca.pem"))
+        ipt = init["sluice-init"]["args"]
+        assert ipt[0] == "iptables" and "--exclude-outbound-ports" not in ipt, ipt
+        r = net.iptables(*ipt[1:])
+        assert "rules installed" in r.stdout, r.stdout + r.stderr
+
+        # The application, with the injected container's environment (the trust bundle) and the
+        # key from the Secret. Nothing in it names sluice.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("OPENAI_", "SSL_CERT", "REQUESTS_CA", "NODE_EXTRA", "CURL_CA"))
+               and k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+        for e in app_c["env"]:
+            if "value" in e:
+                env[e["name"]] = e["value"].replace(TRUST_MOUNT, str(trust_dir))
+        assert "OPENAI_BASE_URL" not in env
+        assert env["SSL_CERT_FILE"] == str(bundle) and env["REQUESTS_CA_BUNDLE"] == str(bundle)
+        env["OPENAI_API_KEY"] = "sk-test-not-a-key"
+        app_port = app_c["ports"][0]["containerPort"]
+        code = [x for x in yaml.safe_load_all(INJECTED.read_text())
+                if x["kind"] == "ConfigMap"][0]["data"]["app.py"]
+        (d / "app.py").write_text(code)
+        net.spawn(net.app, "python3", str(d / "app.py"), env=env, log=d / "app.log")
+        net.wait_port(net.app, "127.0.0.1", app_port, timeout=30)
+
+        # The kubelet and the Service, from outside the pod: the app's port goes through the
+        # inbound listener; the health and scrape ports are sluice's own, never redirected.
+        app_url = f"http://{net.app_ip}:{app_port}"
+        r = net.exec(net.model, "curl", "-s", "-w", "\n%{http_code}", app_url + "/healthz")
+        assert r.stdout == "ok\n\n200", r.stdout + r.stderr
+        r = net.exec(net.model, "curl", "-s", f"http://{net.app_ip}:15021/healthz/ready")
+        assert r.stdout == "ready\n", r.stdout + r.stderr
+
+        # The example's request: inbound -> app -> openai SDK -> https://api.openai.com.
+        r = net.exec(net.model, "curl", "-s", "--max-time", "30", "-w", "\n%{http_code}",
+                     app_url + "/ask?q=hello")
+        body, _, status = r.stdout.rpartition("\n")
+        assert status == "200", r.stdout + r.stderr + (d / "app.log").read_text()
         answer = json.loads(body)
-        assert answer["answer"] and answer["usage"]["completion_tokens"] > 0
-        # The outbound call reached the model with the app's key, and was counted for `chat`.
-        reqs = mock.requests()
-        assert any(r["path"] == "/v1/chat/completions" for r in reqs), reqs
-        deadline = time.time() + 5
+        assert answer["answer"] and answer["usage"]["completion_tokens"] > 0, answer
+
+        # It was intercepted (the SDK trusted the minted leaf through SSL_CERT_FILE) and reached
+        # the provider from sluice, addressed to api.openai.com, with the app's key.
+        rec = json.loads(net.exec(net.model, "curl", "-sk",
+                                  f"https://{net.model_ip}/__mock/requests").stdout)
+        assert len(rec) == 1, rec
+        assert rec[0]["path"] == "/v1/chat/completions"
+        assert rec[0]["headers"]["host"] == "api.openai.com", rec[0]["headers"]
+        assert "sluice" in rec[0]["headers"].get("via", ""), rec[0]["headers"]
+        assert rec[0]["headers"].get("authorization") == "Bearer sk-test-not-a-key"
+        assert net.wait_metric("sluice_transparent_tls_intercepted_total", 1,
+                               listener="outbound") >= 1
+
+        # An unmodified curl with the same environment: Anthropic over HTTPS (intercepted), and
+        # the in-cluster vLLM over plain HTTP (inspected, no TLS at all).
+        r = net.exec(net.app, "curl", "-s", "-w", "\n%{http_code}",
+                     "https://api.anthropic.com/v1/messages",
+                     "-H", "content-type: application/json", "-H", "x-api-key: sk-ant-test",
+                     "-H", "anthropic-version: 2023-06-01",
+                     "-d", json.dumps({"model": "claude-3-5-haiku-latest", "max_tokens": 64,
+                                       "messages": [{"role": "user", "content": "hi"}]}),
+                     env=env, check=False)
+        body, _, status = r.stdout.rpartition("\n")
+        assert status == "200", r.stdout + r.stderr
+        anthropic_out = json.loads(body)["usage"]["output_tokens"]
+        r = net.exec(net.app, "curl", "-s", "-w", "\n%{http_code}",
+                     f"http://{VLLM_HOST}:8000/v1/chat/completions",
+                     "-H", "content-type: application/json", "-d", chat_body().decode(), env=env)
+        body, _, status = r.stdout.rpartition("\n")
+        assert status == "200", r.stdout
+        assert json.loads(body)["usage"]["completion_tokens"] == 5
+
+        # Counted for the pod's caller, as scraped on the Istio port from outside the pod.
+        want = answer["usage"]["completion_tokens"] + anthropic_out + 5
+        deadline = time.time() + 10
+        total = 0.0
         while time.time() < deadline:
-            _, metrics = http_get(f"http://127.0.0.1:{pp}/stats/prometheus")
-            lines = [l for l in metrics.decode().splitlines()
-                     if l.startswith("sluice_gen_ai_tokens_total") and 'caller="chat"' in l
-                     and 'gen_ai_token_type="output"' in l]
-            if lines:
+            scrape = net.exec(net.model, "curl", "-s",
+                              f"http://{net.app_ip}:15090/stats/prometheus").stdout
+            total = sum(float(l.rsplit(" ", 1)[1]) for l in scrape.splitlines()
+                        if l.startswith("sluice_gen_ai_tokens_total{") and 'caller="chat"' in l
+                        and 'gen_ai_token_type="output"' in l)
+            if total >= want:
                 break
-            time.sleep(0.05)
-        assert lines and float(lines[0].rsplit(" ", 1)[1]) == answer["usage"]["completion_tokens"]
+            time.sleep(0.1)
+        assert total == want, (total, want)
+        assert net.metric("sluice_requests_total", listener="outbound",
+                          upstream="original_destination", status="200") == 3
+        assert net.metric("sluice_transparent_tls_intercepted_total", listener="outbound") == 2
+        # The inbound /healthz and /ask went through 15006, uninspected (not model calls).
+        assert net.metric("sluice_requests_total", listener="inbound",
+                          route="inbound-passthrough") == 2
     finally:
-        app.terminate()
-        app.wait(5)
-        s.stop()
+        net.down()
