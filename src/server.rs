@@ -177,6 +177,9 @@ impl Control {
         if cfg.workers.resolve() != old.config.workers.resolve() {
             tracing::warn!("`workers` changed: takes effect on restart only");
         }
+        if cfg.io_uring_task_run != old.config.io_uring_task_run {
+            tracing::warn!("`io_uring_task_run` changed: takes effect on restart only");
+        }
         if cfg.admin.bind.value != old.config.admin.bind.value {
             tracing::warn!("`admin.bind` changed: takes effect on restart only");
         }

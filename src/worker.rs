@@ -340,6 +340,22 @@ async fn accept_loop(
     tracing::debug!(listener = %name, worker = w.id, "listener closed");
 }
 
+/// The ring's setup flags for `io_uring_task_run` (see `docs/configuration.md`).
+fn uring_builder(t: crate::config::IoUringTaskRun) -> io_uring::Builder {
+    use crate::config::IoUringTaskRun as T;
+    let mut b = io_uring::IoUring::builder();
+    match t {
+        T::Interrupt => {}
+        T::Coop => {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        T::Defer => {
+            b.setup_single_issuer().setup_defer_taskrun();
+        }
+    }
+    b
+}
+
 /// Run one worker until it has drained. `ready` reports the bind result once.
 pub fn run_worker(
     id: usize,
@@ -352,9 +368,22 @@ pub fn run_worker(
             tracing::warn!(worker = id, core, error = ?e, "could not pin worker to core");
         }
     }
+    let task_run = shared.current.load().config.io_uring_task_run;
     let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
+        .uring_builder(uring_builder(task_run))
         .build();
+    // A kernel that refuses the flags (older than 5.19 / 6.1) gets the default ring.
+    let rt = match rt {
+        Err(e) if task_run != crate::config::IoUringTaskRun::Interrupt => {
+            tracing::warn!(worker = id, ?task_run, error = %e,
+                "io_uring_task_run refused by the kernel; using the default ring");
+            monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build()
+        }
+        r => r,
+    };
     let mut rt = match rt {
         Ok(rt) => rt,
         Err(e) => {

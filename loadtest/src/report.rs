@@ -376,9 +376,17 @@ fn goals(reports: &[CompareReport]) -> String {
         verdict(pol.map(|v| v <= 5))
     ));
     // Issue #6: global (Redis-leased) limits against the same limits in local mode.
-    let glob = p50_of("chat-rate-2000", "sluice-policy-global", "sluice-policy-global")
-        .zip(p50_of("chat-rate-2000", "sluice-policy-global", "sluice-policy"))
-        .map(|(a, b)| a - b);
+    let glob = p50_of(
+        "chat-rate-2000",
+        "sluice-policy-global",
+        "sluice-policy-global",
+    )
+    .zip(p50_of(
+        "chat-rate-2000",
+        "sluice-policy-global",
+        "sluice-policy",
+    ))
+    .map(|(a, b)| a - b);
     s.push_str(&format!(
         "| global rate limits (Redis leases) | chat-rate-2000 with compare-policy.yaml, sluice-policy-global minus sluice-policy, p50 | {} | - | no Redis round trip in the median: < 50 us (a loopback round trip is ~130 us here) | {} |\n",
         us(glob),

@@ -125,6 +125,22 @@ impl<T: Serialize> Serialize for Loc<T> {
     }
 }
 
+/// `io_uring_task_run`: when the kernel runs a ring's completion work (the `IORING_SETUP_*`
+/// flags the worker's ring is created with; the epoll fallback ignores it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoUringTaskRun {
+    /// The kernel default: completions may interrupt the worker (an IPI) while it runs.
+    #[default]
+    Interrupt,
+    /// `COOP_TASKRUN | TASKRUN_FLAG`: no interrupt; completion work runs at the worker's next
+    /// system call (it makes one per loop turn anyway).
+    Coop,
+    /// `DEFER_TASKRUN | SINGLE_ISSUER`: completion work runs only when the worker waits for
+    /// events, batched; nothing runs on its behalf from other CPUs' interrupts.
+    Defer,
+}
+
 /// `workers: auto` or a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Workers {
@@ -192,6 +208,9 @@ pub struct Config {
     /// upstream's answer, instead of parking the worker: lower tail latency for CPU. 0 = off.
     #[serde(default)]
     pub busy_poll_us: u64,
+    /// How the kernel runs io_uring completion work for a worker's ring (read at start-up).
+    #[serde(default)]
+    pub io_uring_task_run: IoUringTaskRun,
     #[serde(default)]
     pub access_log: AccessLogConfig,
     #[serde(default)]
