@@ -286,6 +286,44 @@ fn goals(reports: &[CompareReport]) -> String {
             verdict(over("sluice-busypoll", p99).map(|v| v <= 100))
         ));
     }
+    // Where the tail comes from (compare-tail.yaml, one run): sluice per io_uring task-run mode
+    // against nginx and a byte relay that parses nothing (socat), all over the same direct.
+    let tail = |t: &str| {
+        let l = find_with(reports, "chat-rate-2000", "socat", t)
+            .and_then(|x| x.result.as_ref())
+            .map(|r| r.latency_us.clone());
+        let d = find_with(reports, "chat-rate-2000", "socat", "direct")
+            .and_then(|x| x.result.as_ref())
+            .map(|r| r.latency_us.clone());
+        l.zip(d)
+            .map(|(a, b)| (a.p50 as i64 - b.p50 as i64, a.p99 as i64 - b.p99 as i64))
+    };
+    if tail("socat").is_some() {
+        for (t, what) in [
+            ("sluice", "sluice (default ring)"),
+            ("sluice-coop", "sluice, `io_uring_task_run: coop`"),
+            ("sluice-defer", "sluice, `io_uring_task_run: defer`"),
+        ] {
+            let v = tail(t);
+            s.push_str(&format!(
+                "| added latency p99, {what} | chat-rate-2000 with compare-tail.yaml | {} (p50 {}) | - | ≤ 100 us | {} |\n",
+                us(v.map(|x| x.1)),
+                us(v.map(|x| x.0)),
+                verdict(v.map(|x| x.1 <= 100))
+            ));
+        }
+        for (t, what) in [
+            ("nginx", "nginx (C HTTP proxy), same run"),
+            ("socat", "socat (byte relay, parses nothing: the floor of two extra hops), same run"),
+        ] {
+            let v = tail(t);
+            s.push_str(&format!(
+                "| added latency p99, {what} | chat-rate-2000 with compare-tail.yaml | {} (p50 {}) | - | (context) | - |\n",
+                us(v.map(|x| x.1)),
+                us(v.map(|x| x.0)),
+            ));
+        }
+    }
     // TTFT overhead.
     let td = ttft("chat-sse", "direct");
     let tover = |t: &str| {
