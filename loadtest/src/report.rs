@@ -314,7 +314,10 @@ fn goals(reports: &[CompareReport]) -> String {
         }
         for (t, what) in [
             ("nginx", "nginx (C HTTP proxy), same run"),
-            ("socat", "socat (byte relay, parses nothing: the floor of two extra hops), same run"),
+            (
+                "socat",
+                "socat (byte relay, parses nothing: the floor of two extra hops), same run",
+            ),
         ] {
             let v = tail(t);
             s.push_str(&format!(

@@ -112,8 +112,10 @@ pub struct ExchangeCtx {
     pub trace: Option<TraceCtx>,
     pub dialect: Option<Dialect>,
     pub facts: Option<RequestFacts>,
-    pub usage: Option<UsageAccumulator>,
-    pub stripper: Option<UsageChunkStripper>,
+    /// Boxed (like `stripper`): 624 bytes that only inspected answers need would otherwise sit in
+    /// every connection task (see proxy::timer on task sizes). One allocation per inspected answer.
+    pub usage: Option<Box<UsageAccumulator>>,
+    pub stripper: Option<Box<UsageChunkStripper>>,
     pub injected_usage: bool,
     pub body_uninspected: bool,
     pub pii_findings: Vec<AuditFinding>,
@@ -555,9 +557,9 @@ impl Chain {
         for (n, v) in r.headers() {
             acc.on_response_header(n.as_bytes(), v);
         }
-        ctx.usage = Some(acc);
+        ctx.usage = Some(Box::new(acc));
         if ctx.injected_usage && streaming && (200..300).contains(&r.status()) {
-            ctx.stripper = Some(UsageChunkStripper::new());
+            ctx.stripper = Some(Box::new(UsageChunkStripper::new()));
             return true;
         }
         false

@@ -195,14 +195,14 @@ async fn read_head(
         }
         let buf = std::mem::take(rbuf);
         let (res, buf) = if let Some(d) = deadline {
-            match monoio::time::timeout_at(d, client.read_append(buf)).await {
+            match super::timer::timeout_at(d, client.read_append(buf)).await {
                 Ok(r) => r,
                 Err(_) => return Err(ProxyError::HeaderTimeout(l.header_timeout_ms)),
             }
         } else {
             // Idle between requests: wait for the first byte, the idle timeout or a drain.
             let idle = Duration::from_millis(l.idle_timeout_ms);
-            let read = monoio::time::timeout(idle, client.read_append(buf));
+            let read = super::timer::timeout(idle, client.read_append(buf));
             monoio::select! {
                 r = read => match r {
                     Ok(r) => r,
@@ -1278,15 +1278,19 @@ impl<'a> Exchange<'a> {
             ubuf.clear();
             let read = conn.io.read_append(ubuf);
             let r = match total_deadline {
-                Some(d) => match monoio::time::timeout_at(d, monoio::time::timeout(idle, read))
-                    .await
-                {
-                    Ok(r) => r.map_err(|_| {
-                        ProxyError::UpstreamBodyTimeout(up.name.clone(), route.body_idle_timeout_ms)
-                    }),
-                    Err(_) => Err(ProxyError::TotalTimeout(route.total_timeout_ms)),
-                },
-                None => monoio::time::timeout(idle, read).await.map_err(|_| {
+                Some(d) => {
+                    let (read, which) = super::timer::timeout_idle_total(idle, d, read);
+                    read.await.map_err(|_| match which {
+                        super::timer::Expired::Idle => ProxyError::UpstreamBodyTimeout(
+                            up.name.clone(),
+                            route.body_idle_timeout_ms,
+                        ),
+                        super::timer::Expired::Total => {
+                            ProxyError::TotalTimeout(route.total_timeout_ms)
+                        }
+                    })
+                }
+                None => super::timer::timeout(idle, read).await.map_err(|_| {
                     ProxyError::UpstreamBodyTimeout(up.name.clone(), route.body_idle_timeout_ms)
                 }),
             };
@@ -1389,7 +1393,7 @@ impl<'a> Exchange<'a> {
                 if total_deadline.is_some_and(|d| wake >= d) {
                     return Err(last);
                 }
-                monoio::time::sleep_until(wake).await;
+                super::timer::sleep_until(wake).await;
             }
             // The previous attempt's guard (already reported) goes here.
             *chosen = next;
@@ -1558,7 +1562,7 @@ impl<'a> Exchange<'a> {
                 return Ok(Buffered::Whole(body, raw_len));
             }
             let buf = std::mem::take(rbuf);
-            let (res, b) = match monoio::time::timeout(idle, client.read_append(buf)).await {
+            let (res, b) = match super::timer::timeout(idle, client.read_append(buf)).await {
                 Ok(r) => r,
                 Err(_) => return Err(ProxyError::ClientBodyTimeout(idle_ms)),
             };
@@ -1641,7 +1645,7 @@ impl<'a> Exchange<'a> {
                 let cap = rbuf.capacity();
                 rbuf.reserve(cap);
             }
-            let (res, b) = match monoio::time::timeout(idle, client.read_append(rbuf)).await {
+            let (res, b) = match super::timer::timeout(idle, client.read_append(rbuf)).await {
                 Ok(r) => r,
                 Err(_) => {
                     return (
@@ -1711,16 +1715,16 @@ impl<'a> Exchange<'a> {
                     Err(e) => return (Err(ProxyError::BadResponse(up.name.clone(), e)), ubuf),
                 }
             }
-            let read = monoio::time::timeout_at(deadline, conn.io.read_append(ubuf));
+            let read = super::timer::timeout_at(deadline, conn.io.read_append(ubuf));
             let r = if keepalive_ms == 0 {
                 read.await
             } else {
                 let mut read = std::pin::pin!(read);
                 loop {
-                    let tick = monoio::time::sleep(Duration::from_millis(keepalive_ms));
-                    monoio::select! {
-                        r = read.as_mut() => break r,
-                        _ = tick => {
+                    let tick = Duration::from_millis(keepalive_ms);
+                    match super::timer::timeout(tick, read.as_mut()).await {
+                        Ok(r) => break r,
+                        Err(_) => {
                             if self.send_keepalive(client, client_keep).await.is_err() {
                                 return (Err(ProxyError::ClientClosed), Vec::new());
                             }
@@ -1869,7 +1873,7 @@ async fn linger_close(client: &mut Io, mut buf: Vec<u8>) {
     let mut total = 0usize;
     while total < LINGER_CLOSE_BYTES_MAX {
         buf.clear();
-        match monoio::time::timeout_at(deadline, client.read_append(buf)).await {
+        match super::timer::timeout_at(deadline, client.read_append(buf)).await {
             Ok((Ok(n), b)) if n > 0 => {
                 total += n;
                 buf = b;

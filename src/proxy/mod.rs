@@ -8,4 +8,5 @@
 pub mod error;
 pub mod exchange;
 pub mod io;
+pub mod timer;
 pub mod upstream;

@@ -194,7 +194,10 @@ pub async fn acquire_at(
             });
         }
     }
-    let io = connect(up, endpoint, connect_timeout_ms).await?;
+    // Boxed: connecting (TCP + a TLS handshake) is a ~2 KiB future, and inline it would sit in
+    // every connection task's state, the keep-alive majority that never connects included
+    // (see proxy::timer for the measurement). One allocation per new upstream connection.
+    let io = Box::pin(connect(up, endpoint, connect_timeout_ms)).await?;
     pools.borrow_mut().checked_out(&up.name);
     Ok(UpConn {
         io,
@@ -213,7 +216,7 @@ async fn connect(up: &UpstreamRt, endpoint: usize, timeout_ms: u64) -> Result<Io
     let addr = addrs[fastrand::usize(..n)];
     let timeout = Duration::from_millis(timeout_ms);
     let deadline = monoio::time::Instant::now() + timeout;
-    let tcp = match monoio::time::timeout_at(deadline, TcpStream::connect_addr(addr)).await {
+    let tcp = match super::timer::timeout_at(deadline, TcpStream::connect_addr(addr)).await {
         Err(_) => return Err(ProxyError::ConnectTimeout(up.name.clone(), timeout_ms)),
         Ok(Err(e)) => return Err(ProxyError::ConnectFailed(up.name.clone(), e)),
         Ok(Ok(s)) => s,
@@ -223,7 +226,7 @@ async fn connect(up: &UpstreamRt, endpoint: usize, timeout_ms: u64) -> Result<Io
         (Some(connector), Some(name)) => {
             use std::os::fd::AsRawFd;
             let fd = tcp.as_raw_fd();
-            match monoio::time::timeout_at(deadline, connector.connect(name.clone(), tcp)).await {
+            match super::timer::timeout_at(deadline, connector.connect(name.clone(), tcp)).await {
                 Err(_) => Err(ProxyError::ConnectTimeout(up.name.clone(), timeout_ms)),
                 Ok(Err(e)) => Err(ProxyError::Tls(up.name.clone(), tls_error_detail(&e))),
                 Ok(Ok(s)) => Ok(Io::TlsClient(Box::new(s), fd)),

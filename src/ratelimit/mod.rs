@@ -919,7 +919,7 @@ impl RateLimitFilter {
             if s.next_ask_ns.load(Ordering::Relaxed) > now || now >= deadline {
                 return Lease::Empty;
             }
-            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+            crate::proxy::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 

@@ -186,7 +186,7 @@ pub async fn accept(
     let mut conn = ServerConnection::new(tls.config())
         .map_err(|e| TlsError::Handshake(HandshakeFailure::Protocol, e.to_string()))?;
     let timeout = Duration::from_millis(tls.handshake_timeout_ms);
-    match monoio::time::timeout(timeout, handshake(&mut io, &mut conn)).await {
+    match crate::proxy::timer::timeout(timeout, handshake(&mut io, &mut conn)).await {
         Err(_) => return Err(TlsError::Timeout(tls.handshake_timeout_ms)),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(())) => {}

@@ -966,7 +966,7 @@ async fn relay_to(
     // Connected to the listener directly: there is nowhere to pass the bytes to.
     let target = target.ok_or_else(|| fail(TransparentError::NoOriginalDestination))?;
     let timeout = Duration::from_millis(t.connect_timeout_ms);
-    let up = match monoio::time::timeout(timeout, TcpStream::connect_addr(target)).await {
+    let up = match crate::proxy::timer::timeout(timeout, TcpStream::connect_addr(target)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(fail(TransparentError::ConnectFailed(target, e))),
         Err(_) => {

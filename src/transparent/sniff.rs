@@ -193,7 +193,7 @@ pub async fn fill(
     deadline: monoio::time::Instant,
 ) -> io::Result<Fill> {
     loop {
-        match monoio::time::timeout_at(deadline, stream.readable(false)).await {
+        match crate::proxy::timer::timeout_at(deadline, stream.readable(false)).await {
             Err(_) => return Ok(Fill::Timeout),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(())) => {}

@@ -157,7 +157,7 @@ async fn idle_watch(last: &Cell<monoio::time::Instant>, idle: Duration) {
         if monoio::time::Instant::now() >= due {
             return;
         }
-        monoio::time::sleep_until(due).await;
+        crate::proxy::timer::sleep_until(due).await;
     }
 }
 
