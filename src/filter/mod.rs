@@ -220,7 +220,7 @@ pub fn caller_of(
                     if let Ok(v) = std::str::from_utf8(v) {
                         let v = v.trim();
                         if !v.is_empty() && v.len() <= 128 {
-                            return Arc::from(v);
+                            return intern_caller(v);
                         }
                     }
                 }
@@ -238,15 +238,52 @@ pub fn caller_of(
                     return api_key_pseudonym(k);
                 }
             }
-            CallerSource::SourceAddress => return Arc::from(peer.ip().to_string()),
+            CallerSource::SourceAddress => {
+                use std::io::Write;
+                let mut buf = [0u8; 48];
+                let mut w = &mut buf[..];
+                if write!(w, "{}", peer.ip()).is_ok() {
+                    let n = 48 - w.len();
+                    if let Ok(s) = std::str::from_utf8(&buf[..n]) {
+                        return intern_caller(s);
+                    }
+                }
+                return Arc::from(peer.ip().to_string());
+            }
             CallerSource::Static => {
                 if let Some(n) = &cfg.static_name {
-                    return Arc::from(n.as_str());
+                    return intern_caller(n);
                 }
             }
         }
     }
-    Arc::from(cfg.fallback.as_str())
+    intern_caller(&cfg.fallback)
+}
+
+/// Caller names remembered per worker thread, most recently used first: a sidecar sees a handful
+/// of callers, so the name of a request is a clone of a cached `Arc<str>` rather than a new
+/// allocation per request. Bounded; never leaves its thread.
+pub const CALLER_INTERN_MAX: usize = 64;
+
+thread_local! {
+    static CALLER_NAMES: std::cell::RefCell<Vec<Arc<str>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn intern_caller(v: &str) -> Arc<str> {
+    CALLER_NAMES.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(i) = c.iter().position(|n| **n == *v) {
+            c[..=i].rotate_right(1);
+            return c[0].clone();
+        }
+        let a: Arc<str> = Arc::from(v);
+        if c.len() >= CALLER_INTERN_MAX {
+            c.pop();
+        }
+        c.insert(0, a.clone());
+        a
+    })
 }
 
 /// API-key pseudonyms remembered per worker thread. A sidecar's callers use a handful of keys,
@@ -851,6 +888,28 @@ mod tests {
         assert_eq!(&*caller_of(&both, &h, peer, Some(&id)), &*id);
         // No verified identity: the next source answers.
         assert_eq!(&*caller_of(&both, &h, peer, None), "checkout");
+        let v6: std::net::SocketAddr = "[2001:db8::7]:5555".parse().unwrap();
+        assert_eq!(
+            &*caller_of(&cfg(vec![CallerSource::SourceAddress]), &none, v6, None),
+            "2001:db8::7"
+        );
+    }
+
+    #[test]
+    fn caller_names_are_interned_per_worker_and_bounded() {
+        let peer: std::net::SocketAddr = "10.0.0.7:5555".parse().unwrap();
+        let c = cfg(vec![CallerSource::Header]);
+        let h = head("x-sluice-caller: search-svc\r\n");
+        let a = caller_of(&c, &h, peer, None);
+        let b = caller_of(&c, &h, peer, None);
+        assert!(Arc::ptr_eq(&a, &b), "the second request reuses the name");
+        // Many distinct callers never grow the cache past its bound, and names stay right.
+        for i in 0..(CALLER_INTERN_MAX * 3) {
+            let hi = head(&format!("x-sluice-caller: svc-{i}\r\n"));
+            assert_eq!(&*caller_of(&c, &hi, peer, None), format!("svc-{i}"));
+        }
+        assert!(CALLER_NAMES.with(|n| n.borrow().len()) <= CALLER_INTERN_MAX);
+        assert_eq!(&*caller_of(&c, &h, peer, None), "search-svc");
     }
 
     #[test]
