@@ -8,9 +8,11 @@ import json
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +23,65 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 SLUICE_BIN = os.environ.get("SLUICE_BIN", str(TARGET / "debug" / "sluice"))
 LOADTEST_BIN = os.environ.get("SLUICE_LOADTEST_BIN", str(TARGET / "debug" / "sluice-loadtest"))
+
+
+def read_http_request(rfile):
+    """Reads one HTTP/1.1 request (head, then a Content-Length body) from a file-like socket.
+    Returns (head bytes, body bytes), or None when the peer closed first."""
+    head, length = b"", 0
+    while True:
+        line = rfile.readline()
+        if not line:
+            return None
+        head += line
+        if line in (b"\r\n", b"\n"):
+            break
+        k, _, v = line.decode("latin-1").partition(":")
+        if k.strip().lower() == "content-length":
+            length = int(v.strip())
+    return head, rfile.read(length)
+
+
+class PyUpstream:
+    """A tiny Python upstream for answers the bundled mock cannot give (canned bodies, byte-by-byte
+    trickles, hand-built SSE). Each connection's request is read and kept in `requests`, then
+    `respond(handler, head, body)` writes the answer (to `handler.wfile` or `handler.request`)."""
+
+    def __init__(self, respond):
+        outer = self
+        self.requests = []
+
+        class H(socketserver.StreamRequestHandler):
+            def handle(self):
+                req = read_http_request(self.rfile)
+                if req is None:
+                    return
+                outer.requests.append(req)
+                respond(self, *req)
+
+        self.srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), H)
+        self.srv.daemon_threads = True
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.addr = f"127.0.0.1:{self.srv.server_address[1]}"
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@pytest.fixture
+def py_upstream():
+    """`py_upstream(respond)` -> a started PyUpstream, closed after the test."""
+    servers = []
+
+    def make(respond):
+        u = PyUpstream(respond)
+        servers.append(u)
+        return u
+
+    yield make
+    for u in servers:
+        u.close()
 
 
 def free_port() -> int:

@@ -67,11 +67,8 @@ def test_pii_audit_event_names_place_not_value(mock, sluice_factory):
     assert "123-45-6789" not in s.log()
 
 
-def test_pii_in_a_json_answer_is_redacted_before_the_app_sees_it(sluice_factory):
+def test_pii_in_a_json_answer_is_redacted_before_the_app_sees_it(sluice_factory, py_upstream):
     """A non-streaming completion that carries PII: held (bounded), redacted, re-framed."""
-    import socketserver
-    import threading
-
     answer = json.dumps({
         "id": "c1", "object": "chat.completion", "model": "gpt-4o-mini",
         "choices": [{"index": 0, "finish_reason": "stop",
@@ -79,40 +76,21 @@ def test_pii_in_a_json_answer_is_redacted_before_the_app_sees_it(sluice_factory)
         "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14},
     }).encode()
 
-    class H(socketserver.StreamRequestHandler):
-        def handle(self):
-            head = b""
-            while b"\r\n\r\n" not in head:
-                c = self.request.recv(65536)
-                if not c:
-                    return
-                head += c
-            n = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    n = int(line.split(b":")[1])
-            body = head.split(b"\r\n\r\n", 1)[1]
-            while len(body) < n:
-                body += self.request.recv(65536)
-            self.request.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(answer), answer))
+    def respond(h, head, body):
+        h.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                      b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(answer), answer))
 
-    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        top = "pii: { actions: { SSN: redact } }\n"
-        routes = "- match: { path_prefix: /v1/ }\n  upstream: mock\n  pii: {}\n  inspect: {}\n"
-        s = sluice_factory(upstream=f"127.0.0.1:{srv.server_address[1]}", top_extra=top, routes=routes)
-        client = openai.OpenAI(base_url=s.url + "/v1", api_key="sk-test", max_retries=0)
-        r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-        assert r.choices[0].message.content == "Sure: her SSN is [REDACTED:SSN]."
-        assert r.usage.completion_tokens == 9
-        deadline = time.time() + 5
-        while time.time() < deadline and s.metric("sluice_pii_detections_total", direction="response") < 1:
-            time.sleep(0.05)
-        assert s.metric("sluice_pii_detections_total", entity="SSN", direction="response") == 1
-        assert s.metric("sluice_gen_ai_tokens_total", gen_ai_token_type="output") == 9
-        assert "123-45-6789" not in s.log()
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    up = py_upstream(respond)
+    top = "pii: { actions: { SSN: redact } }\n"
+    routes = "- match: { path_prefix: /v1/ }\n  upstream: mock\n  pii: {}\n  inspect: {}\n"
+    s = sluice_factory(upstream=up.addr, top_extra=top, routes=routes)
+    client = openai.OpenAI(base_url=s.url + "/v1", api_key="sk-test", max_retries=0)
+    r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content == "Sure: her SSN is [REDACTED:SSN]."
+    assert r.usage.completion_tokens == 9
+    deadline = time.time() + 5
+    while time.time() < deadline and s.metric("sluice_pii_detections_total", direction="response") < 1:
+        time.sleep(0.05)
+    assert s.metric("sluice_pii_detections_total", entity="SSN", direction="response") == 1
+    assert s.metric("sluice_gen_ai_tokens_total", gen_ai_token_type="output") == 9
+    assert "123-45-6789" not in s.log()

@@ -10,8 +10,6 @@ import hashlib
 import http.client
 import json
 import math
-import socketserver
-import threading
 import time
 
 import openai
@@ -323,42 +321,30 @@ MALFORMED_SSE = (
 )
 
 
-class _CannedHandler(socketserver.StreamRequestHandler):
-    """Reads one request, answers with the server's canned (content type, body), closes."""
+def _canned(ctype: str, body: bytes):
+    """A PyUpstream answer: one fixed (content type, body), then close."""
+    def respond(h, head, req_body):
+        h.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+                      b"connection: close\r\n\r\n" % (ctype.encode(), len(body)) + body)
+    return respond
 
-    def handle(self):
-        length = 0
-        while True:
-            line = self.rfile.readline()
-            if not line or line in (b"\r\n", b"\n"):
-                break
-            k, _, v = line.decode("latin-1").partition(":")
-            if k.strip().lower() == "content-length":
-                length = int(v.strip())
-        self.rfile.read(length)
-        ctype, body = self.server.canned
-        head = (b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-                % (ctype.encode(), len(body)))
-        self.wfile.write(head + body)
+
+def _trickle(body: bytes):
+    """A PyUpstream answer: an SSE body written one byte (one chunk) at a time."""
+    def respond(h, head, req_body):
+        h.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                      b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+        for b in body:
+            h.wfile.write(b"1\r\n" + bytes([b]) + b"\r\n")
+            h.wfile.flush()
+        h.wfile.write(b"0\r\n\r\n")
+    return respond
 
 
 @pytest.fixture
-def canned_upstream():
+def canned_upstream(py_upstream):
     """A tiny Python upstream serving a fixed response: `canned_upstream(ctype, body)` -> addr."""
-    servers = []
-
-    def make(ctype: str, body: bytes) -> str:
-        srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _CannedHandler)
-        srv.daemon_threads = True
-        srv.canned = (ctype, body)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-        return f"127.0.0.1:{srv.server_address[1]}"
-
-    yield make
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+    return lambda ctype, body: py_upstream(_canned(ctype, body)).addr
 
 
 @pytest.fixture
@@ -614,51 +600,22 @@ def _openai_stream(sep: bytes, space: bytes) -> tuple[bytes, bytes]:
     return up, client_sees
 
 
-class _TrickleHandler(_CannedHandler):
-    """Like the canned handler, but writes the body one byte at a time."""
-
-    def handle(self):
-        length = 0
-        while True:
-            line = self.rfile.readline()
-            if not line or line in (b"\r\n", b"\n"):
-                break
-            k, _, v = line.decode("latin-1").partition(":")
-            if k.strip().lower() == "content-length":
-                length = int(v.strip())
-        self.rfile.read(length)
-        _, body = self.server.canned
-        self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                         b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
-        for b in body:
-            self.wfile.write(b"1\r\n" + bytes([b]) + b"\r\n")
-            self.wfile.flush()
-        self.wfile.write(b"0\r\n\r\n")
-
-
 @pytest.mark.parametrize("sep,space,trickle", [
     (b"\n\n", b" ", True), (b"\r\n\r\n", b" ", False), (b"\r\n\r\n", b" ", True),
     (b"\n\n", b"", False), (b"\r\r", b" ", False),
 ], ids=["lf-1byte", "crlf", "crlf-1byte", "no-space", "cr"])
-def test_injected_usage_chunk_stripped_whatever_the_framing(sluice_factory, sep, space, trickle):
+def test_injected_usage_chunk_stripped_whatever_the_framing(sluice_factory, py_upstream, sep, space, trickle):
     up, expected = _openai_stream(sep, space)
-    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _TrickleHandler if trickle else _CannedHandler)
-    srv.daemon_threads = True
-    srv.canned = ("text/event-stream", up)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        s = start(sluice_factory, f"127.0.0.1:{srv.server_address[1]}", inspect="{ include_usage: inject }")
-        st, _, data = post(s.port, "/v1/chat/completions", json.dumps(
-            {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode(),
-            {"x-sluice-caller": "frag"})
-        assert st == 200
-        assert data == expected
-        lab = dict(caller="frag", estimated="false")
-        assert wait_metric(s, "sluice_gen_ai_tokens_total", 2, gen_ai_token_type="output", **lab) == 2
-        assert tokens(s, "input", **lab) == 3
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    srv = py_upstream(_trickle(up) if trickle else _canned("text/event-stream", up))
+    s = start(sluice_factory, srv.addr, inspect="{ include_usage: inject }")
+    st, _, data = post(s.port, "/v1/chat/completions", json.dumps(
+        {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode(),
+        {"x-sluice-caller": "frag"})
+    assert st == 200
+    assert data == expected
+    lab = dict(caller="frag", estimated="false")
+    assert wait_metric(s, "sluice_gen_ai_tokens_total", 2, gen_ai_token_type="output", **lab) == 2
+    assert tokens(s, "input", **lab) == 3
 
 
 def test_api_key_hash_ignores_auth_scheme_case(mock, sluice_factory):

@@ -4,14 +4,12 @@ first event reaches the client before the upstream finishes), and a stream the u
 short still releases its held text, redacted."""
 
 import json
-import socketserver
-import threading
 import time
 
 import openai
 import pytest
 
-from conftest import raw_exchange
+from conftest import PyUpstream, raw_exchange
 from test_dataplane import post
 
 CARD_PARTS = ["Your card 4111 11", "11 1111 ", "1111 is on file", ". Anything else?"]
@@ -26,54 +24,33 @@ def chunk(text=None, finish=None, usage=None):
     return b"data: " + json.dumps(ev).encode() + b"\n\n"
 
 
-class StreamServer:
+class StreamServer(PyUpstream):
     """Answers each request with an SSE stream of `parts` (one event per write, `gap` apart),
-    chunked; `cut` closes the connection before the end instead."""
+    chunked; `cut` closes the connection before the end instead. `bodies` holds the parsed
+    request bodies."""
 
     def __init__(self, parts, gap=0.15, cut=False):
-        outer = self
-        self.requests = []
+        self.bodies = []
 
-        class H(socketserver.StreamRequestHandler):
-            def handle(self):
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    c = self.request.recv(65536)
-                    if not c:
-                        return
-                    head += c
-                n = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        n = int(line.split(b":")[1])
-                body = head.split(b"\r\n\r\n", 1)[1]
-                while len(body) < n:
-                    body += self.request.recv(65536)
-                outer.requests.append(json.loads(body))
-                wants_usage = outer.requests[-1].get("stream_options", {}).get("include_usage")
-                self.request.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                                     b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
-                events = [chunk("")] + [chunk(p) for p in parts]
-                if not cut:
-                    events.append(chunk(finish="stop"))
-                    if wants_usage:
-                        events.append(chunk(usage={"prompt_tokens": 7, "completion_tokens": 12,
-                                                   "total_tokens": 19}))
-                    events.append(b"data: [DONE]\n\n")
-                for ev in events:
-                    self.request.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
-                    time.sleep(gap)
-                if not cut:
-                    self.request.sendall(b"0\r\n\r\n")
+        def respond(h, head, body):
+            self.bodies.append(json.loads(body))
+            wants_usage = self.bodies[-1].get("stream_options", {}).get("include_usage")
+            h.request.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                              b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+            events = [chunk("")] + [chunk(p) for p in parts]
+            if not cut:
+                events.append(chunk(finish="stop"))
+                if wants_usage:
+                    events.append(chunk(usage={"prompt_tokens": 7, "completion_tokens": 12,
+                                               "total_tokens": 19}))
+                events.append(b"data: [DONE]\n\n")
+            for ev in events:
+                h.request.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
+                time.sleep(gap)
+            if not cut:
+                h.request.sendall(b"0\r\n\r\n")
 
-        self.srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), H)
-        self.srv.daemon_threads = True
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        self.addr = f"127.0.0.1:{self.srv.server_address[1]}"
-
-    def close(self):
-        self.srv.shutdown()
-        self.srv.server_close()
+        super().__init__(respond)
 
 
 @pytest.fixture
@@ -120,7 +97,7 @@ def test_card_split_over_deltas_is_redacted_in_the_stream(sluice_factory, stream
         time.sleep(0.05)
     assert s.metric("sluice_pii_detections_total", entity="CREDIT_CARD", direction="response") == 1
     if inspect:
-        assert up.requests[-1]["stream_options"]["include_usage"] is True
+        assert up.bodies[-1]["stream_options"]["include_usage"] is True
         deadline = time.time() + 5
         while time.time() < deadline and s.metric("sluice_gen_ai_tokens_total", gen_ai_token_type="output") < 12:
             time.sleep(0.05)
