@@ -173,6 +173,35 @@ pub fn ssn(t: &[u8], s: usize) -> Option<(usize, f32)> {
     if !left_ok(t, s) {
         return None;
     }
+    // fast path for the common `ddd<sep>dd<sep>dddd` shape: the same decision as the group split
+    // below reaches for it (groups of 3, 2 and 4 digits, one separator kind, no fourth group
+    // after the same separator), without the general split
+    if let Some(&[a0, a1, a2, s1, b0, b1, s2, c0, c1, c2, c3]) = t.get(s..s + 11) {
+        let d = |x: u8| u32::from(x.wrapping_sub(b'0'));
+        let digits = [a0, a1, a2, b0, b1, c0, c1, c2, c3];
+        if digits.iter().all(u8::is_ascii_digit)
+            && matches!(s1, b'-' | b' ' | b'.')
+            && s2 == s1
+            && !at(t, s + 11).is_ascii_digit()
+        {
+            let e = s + 11;
+            if at(t, e) == s1 && at(t, e + 1).is_ascii_digit() {
+                return None; // 123-45-6789-12: part of a longer number
+            }
+            let area = d(a0) * 100 + d(a1) * 10 + d(a2);
+            let group = d(b0) * 10 + d(b1);
+            let serial = d(c0) * 1000 + d(c1) * 100 + d(c2) * 10 + d(c3);
+            if ssn_parts_valid(area, group, serial) && right_ok(t, e) {
+                let c = if s1 == b'-' {
+                    CONF_SSN_DASHED
+                } else {
+                    CONF_SSN_SPACED
+                };
+                return Some((e, c));
+            }
+            return None;
+        }
+    }
     let g = groups(t, s, b"- .", 9);
     let lens = |i: usize| g.g[i].1 - g.g[i].0;
     if g.n >= 1 && lens(0) == 9 {
@@ -264,6 +293,26 @@ pub fn card_brand_ok(digits: &[u8]) -> bool {
 pub fn card(t: &[u8], s: usize) -> Option<(usize, f32)> {
     if !left_ok(t, s) {
         return None;
+    }
+    // fast path for the common `dddd<sep>dddd<sep>dddd<sep>dddd` shape with no fifth group: the
+    // group loop below then tries exactly this 16-digit card and nothing else
+    if let Some(&[a0, a1, a2, a3, s1, b0, b1, b2, b3, s2, c0, c1, c2, c3, s3, d0, d1, d2, d3]) =
+        t.get(s..s + 19)
+    {
+        let d = [
+            a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
+        ];
+        let e = s + 19;
+        if matches!(s1, b' ' | b'-')
+            && s2 == s1
+            && s3 == s1
+            && d.iter().all(u8::is_ascii_digit)
+            && !at(t, e).is_ascii_digit()
+            && !(matches!(at(t, e), b' ' | b'-') && at(t, e + 1).is_ascii_digit())
+        {
+            let ok = right_ok(t, e) && luhn_digits(&d) && card_brand_ok(&d);
+            return ok.then_some((e, CONF_CARD_GROUPED));
+        }
     }
     let g = groups(t, s, b" -", 19);
     let lens: [usize; 8] = std::array::from_fn(|i| g.g[i].1.saturating_sub(g.g[i].0));
@@ -522,88 +571,107 @@ pub fn e164(t: &[u8], s: usize) -> Option<(usize, f32)> {
     Some((e, CONF_PHONE_INTL))
 }
 
+/// IBAN lengths per country (ISO 13616 registry).
+const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
+    (b"AD", 24),
+    (b"AE", 23),
+    (b"AL", 28),
+    (b"AT", 20),
+    (b"AZ", 28),
+    (b"BA", 20),
+    (b"BE", 16),
+    (b"BG", 22),
+    (b"BH", 22),
+    (b"BR", 29),
+    (b"BY", 28),
+    (b"CH", 21),
+    (b"CR", 22),
+    (b"CY", 28),
+    (b"CZ", 24),
+    (b"DE", 22),
+    (b"DK", 18),
+    (b"DO", 28),
+    (b"EE", 20),
+    (b"EG", 29),
+    (b"ES", 24),
+    (b"FI", 18),
+    (b"FO", 18),
+    (b"FR", 27),
+    (b"GB", 22),
+    (b"GE", 22),
+    (b"GI", 23),
+    (b"GL", 18),
+    (b"GR", 27),
+    (b"GT", 28),
+    (b"HR", 21),
+    (b"HU", 28),
+    (b"IE", 22),
+    (b"IL", 23),
+    (b"IQ", 23),
+    (b"IS", 26),
+    (b"IT", 27),
+    (b"JO", 30),
+    (b"KW", 30),
+    (b"KZ", 20),
+    (b"LB", 28),
+    (b"LC", 32),
+    (b"LI", 21),
+    (b"LT", 20),
+    (b"LU", 20),
+    (b"LV", 21),
+    (b"MC", 27),
+    (b"MD", 24),
+    (b"ME", 22),
+    (b"MK", 19),
+    (b"MR", 27),
+    (b"MT", 31),
+    (b"MU", 30),
+    (b"NL", 18),
+    (b"NO", 15),
+    (b"PK", 24),
+    (b"PL", 28),
+    (b"PS", 29),
+    (b"PT", 25),
+    (b"QA", 29),
+    (b"RO", 24),
+    (b"RS", 22),
+    (b"SA", 24),
+    (b"SC", 31),
+    (b"SE", 24),
+    (b"SI", 19),
+    (b"SK", 24),
+    (b"SM", 27),
+    (b"ST", 25),
+    (b"SV", 28),
+    (b"TL", 23),
+    (b"TN", 24),
+    (b"TR", 26),
+    (b"UA", 29),
+    (b"VA", 22),
+    (b"VG", 24),
+    (b"XK", 20),
+];
+
+/// [`IBAN_LENGTHS`] indexed by `(c0 - 'A') * 26 + (c1 - 'A')`; 0 = no such country.
+static IBAN_LEN_BY_CC: [u8; 26 * 26] = {
+    let mut a = [0u8; 26 * 26];
+    let mut i = 0;
+    while i < IBAN_LENGTHS.len() {
+        let (c, l) = IBAN_LENGTHS[i];
+        a[(c[0] - b'A') as usize * 26 + (c[1] - b'A') as usize] = l as u8;
+        i += 1;
+    }
+    a
+};
+
 /// IBAN length per country (ISO 13616 registry).
 pub fn iban_len(cc: &[u8]) -> Option<usize> {
-    const T: &[(&[u8; 2], usize)] = &[
-        (b"AD", 24),
-        (b"AE", 23),
-        (b"AL", 28),
-        (b"AT", 20),
-        (b"AZ", 28),
-        (b"BA", 20),
-        (b"BE", 16),
-        (b"BG", 22),
-        (b"BH", 22),
-        (b"BR", 29),
-        (b"BY", 28),
-        (b"CH", 21),
-        (b"CR", 22),
-        (b"CY", 28),
-        (b"CZ", 24),
-        (b"DE", 22),
-        (b"DK", 18),
-        (b"DO", 28),
-        (b"EE", 20),
-        (b"EG", 29),
-        (b"ES", 24),
-        (b"FI", 18),
-        (b"FO", 18),
-        (b"FR", 27),
-        (b"GB", 22),
-        (b"GE", 22),
-        (b"GI", 23),
-        (b"GL", 18),
-        (b"GR", 27),
-        (b"GT", 28),
-        (b"HR", 21),
-        (b"HU", 28),
-        (b"IE", 22),
-        (b"IL", 23),
-        (b"IQ", 23),
-        (b"IS", 26),
-        (b"IT", 27),
-        (b"JO", 30),
-        (b"KW", 30),
-        (b"KZ", 20),
-        (b"LB", 28),
-        (b"LC", 32),
-        (b"LI", 21),
-        (b"LT", 20),
-        (b"LU", 20),
-        (b"LV", 21),
-        (b"MC", 27),
-        (b"MD", 24),
-        (b"ME", 22),
-        (b"MK", 19),
-        (b"MR", 27),
-        (b"MT", 31),
-        (b"MU", 30),
-        (b"NL", 18),
-        (b"NO", 15),
-        (b"PK", 24),
-        (b"PL", 28),
-        (b"PS", 29),
-        (b"PT", 25),
-        (b"QA", 29),
-        (b"RO", 24),
-        (b"RS", 22),
-        (b"SA", 24),
-        (b"SC", 31),
-        (b"SE", 24),
-        (b"SI", 19),
-        (b"SK", 24),
-        (b"SM", 27),
-        (b"ST", 25),
-        (b"SV", 28),
-        (b"TL", 23),
-        (b"TN", 24),
-        (b"TR", 26),
-        (b"UA", 29),
-        (b"VA", 22),
-        (b"VG", 24),
-        (b"XK", 20),
-    ];
-    T.iter().find(|(c, _)| c[..] == *cc).map(|&(_, l)| l)
+    let [c0, c1] = cc else { return None };
+    if !c0.is_ascii_uppercase() || !c1.is_ascii_uppercase() {
+        return None;
+    }
+    let l = IBAN_LEN_BY_CC[usize::from(c0 - b'A') * 26 + usize::from(c1 - b'A')];
+    (l != 0).then_some(usize::from(l))
 }
 
 /// IBAN starting at `s` (the country letters): compact or in groups of 4 separated by single
