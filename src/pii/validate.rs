@@ -202,6 +202,12 @@ pub fn ssn(t: &[u8], s: usize) -> Option<(usize, f32)> {
             return None;
         }
     }
+    ssn_split(t, s)
+}
+
+/// [`ssn`] by the general group split (the reference its fast path is tested against); `s` has
+/// passed [`left_ok`].
+fn ssn_split(t: &[u8], s: usize) -> Option<(usize, f32)> {
     let g = groups(t, s, b"- .", 9);
     let lens = |i: usize| g.g[i].1 - g.g[i].0;
     if g.n >= 1 && lens(0) == 9 {
@@ -314,6 +320,12 @@ pub fn card(t: &[u8], s: usize) -> Option<(usize, f32)> {
             return ok.then_some((e, CONF_CARD_GROUPED));
         }
     }
+    card_split(t, s)
+}
+
+/// [`card`] by the general group split (the reference its fast path is tested against); `s` has
+/// passed [`left_ok`].
+fn card_split(t: &[u8], s: usize) -> Option<(usize, f32)> {
     let g = groups(t, s, b" -", 19);
     let lens: [usize; 8] = std::array::from_fn(|i| g.g[i].1.saturating_sub(g.g[i].0));
     let mut best = None;
@@ -1062,6 +1074,66 @@ mod tests {
             let d: Vec<u8> = (0..n).map(|k| b'0' + ((x >> (3 * k)) % 10) as u8).collect();
             assert_eq!(luhn_digits(&d), luhn(&d, 0, n), "{d:?}");
         }
+    }
+
+    /// The SSN and card fast paths decide exactly as the general group split, on random strings
+    /// of digits and separators around the fast-path shapes.
+    #[test]
+    fn fast_paths_equal_group_split() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let shapes: [&[u8]; 6] = [
+            b"ddd-dd-dddd",
+            b"ddd dd dddd",
+            b"ddd.dd.dddd",
+            b"dddd dddd dddd dddd",
+            b"dddd-dddd-dddd-dddd",
+            b"4ddd dddd dddd dddd",
+        ];
+        let alphabet = b"0123456789- .a(_/:";
+        let (mut ssn_hits, mut card_hits) = (0, 0);
+        for _ in 0..200_000 {
+            let shape = shapes[(next() % shapes.len() as u64) as usize];
+            let mut t: Vec<u8> = Vec::new();
+            for _ in 0..next() % 3 {
+                t.push(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            let s = t.len();
+            for &c in shape {
+                let r = next();
+                t.push(match c {
+                    // mostly the shape, sometimes any byte of the alphabet
+                    _ if r % 23 == 0 => alphabet[(r / 23 % alphabet.len() as u64) as usize],
+                    b'd' => b'0' + (r % 10) as u8,
+                    c => c,
+                });
+            }
+            for _ in 0..next() % 5 {
+                t.push(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            let split_or_none = |f: fn(&[u8], usize) -> Option<(usize, f32)>| {
+                if left_ok(&t, s) {
+                    f(&t, s)
+                } else {
+                    None
+                }
+            };
+            let want = split_or_none(ssn_split);
+            assert_eq!(ssn(&t, s), want, "{:?}", String::from_utf8_lossy(&t));
+            ssn_hits += usize::from(want.is_some());
+            let want = split_or_none(card_split);
+            assert_eq!(card(&t, s), want, "{:?}", String::from_utf8_lossy(&t));
+            card_hits += usize::from(want.is_some());
+        }
+        assert!(
+            ssn_hits > 1_000 && card_hits > 300,
+            "{ssn_hits} {card_hits}"
+        );
     }
 
     #[test]
