@@ -1057,6 +1057,15 @@ impl Literals<'_> {
     /// Emit every secret starting at or before `pos` into `out` (kept sorted).
     #[inline]
     fn flush(&mut self, pos: usize, out: &mut Vec<Finding>) {
+        // common case at a numeric event: the next secret is already known and lies ahead
+        if self.next.is_some_and(|f| f.start > pos) {
+            return;
+        }
+        self.flush_slow(pos, out);
+    }
+
+    #[inline(never)]
+    fn flush_slow(&mut self, pos: usize, out: &mut Vec<Finding>) {
         loop {
             if self.next.is_none() {
                 if self.iter.is_none() {

@@ -700,54 +700,42 @@ pub fn iban(t: &[u8], s: usize) -> Option<(usize, f32)> {
     }
     let len = iban_len(cc)?;
     // ISO 7064 mod 97 over the rearranged string (characters 5.. then the first four), folded in
-    // while reading; reduce only when the accumulator nears overflow (~3 divisions per IBAN)
-    const REDUCE_ABOVE: u64 = 1 << 56;
-    let step = |r: u64, c: u8| -> u64 {
-        let r = if c.is_ascii_digit() {
-            r * 10 + u64::from(c - b'0')
-        } else {
-            r * 100 + u64::from(c - b'A') + 10
-        };
-        if r >= REDUCE_ABOVE {
-            r % 97
-        } else {
-            r
+    // while reading, one group of (up to) four characters at a time; reducing once per group
+    // keeps the accumulator below 97 * 100^4
+    let fold = |r: u64, c: u8| -> Option<u64> {
+        match c {
+            b'0'..=b'9' => Some(r * 10 + u64::from(c - b'0')),
+            b'A'..=b'Z' => Some(r * 100 + u64::from(c - b'A') + 10),
+            _ => None,
         }
     };
-    let mut head = [0u8; 4];
+    // the first four (country letters, check digits) were validated above; every later group
+    // is preceded by one space or none, as decided after the first group
+    let spaced = at(t, s + 4) == b' ';
     let mut r: u64 = 0;
-    let mut n = 0;
-    let mut p = s;
-    let mut spaced: Option<bool> = None;
+    let mut n = 4;
+    let mut p = s + 4;
     while n < len {
-        let c = at(t, p);
-        if !(c.is_ascii_uppercase() || c.is_ascii_digit()) {
+        if (at(t, p) == b' ') != spaced {
             return None;
         }
-        if n < 4 {
-            head[n] = c;
-        } else {
-            r = step(r, c);
+        if spaced {
+            p += 1;
         }
-        n += 1;
-        p += 1;
-        if n % 4 == 0 && n < len {
-            let sp = at(t, p) == b' ';
-            match spaced {
-                None => spaced = Some(sp),
-                Some(x) if x != sp => return None,
-                _ => {}
-            }
-            if sp {
-                p += 1;
-            }
+        let k = (len - n).min(4);
+        r %= 97;
+        for &c in t.get(p..p + k)? {
+            r = fold(r, c)?;
         }
+        n += k;
+        p += k;
     }
     if p < t.len() && is_word(t[p]) {
         return None;
     }
-    for c in head {
-        r = step(r, c);
+    r %= 97;
+    for &c in t.get(s..s + 4)? {
+        r = fold(r, c)?;
     }
     (r % 97 == 1).then_some((p, CONF_STRONG))
 }
