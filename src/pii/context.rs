@@ -142,7 +142,10 @@ impl CtxDfa {
         let pm = |i: usize| -> Result<u32, PiiError> {
             u32::try_from(i * stride).map_err(|_| err("context automaton too large".into()))
         };
-        let mut trans = vec![0u32; states * stride];
+        // padded to a power of two so stepping can mask its index instead of bounds-checking it
+        // (valid indices are below `states * stride` and unchanged by the mask; the padding is
+        // never reached and reads as the dead state)
+        let mut trans = vec![0u32; (states * stride).next_power_of_two()];
         let mut by_state = vec![None; special * stride];
         for (i, m) in matches.into_iter().enumerate() {
             by_state[i * stride] = m;
@@ -180,28 +183,23 @@ impl CtxDfa {
         let special = self.special_below as usize;
         let trans = &self.trans[..];
         let class = &self.class;
-        // every premultiplied state plus a class is inside `trans` (by construction); the `else`
-        // arms are unreachable and only keep indexing panic-free
+        if trans.is_empty() {
+            return None;
+        }
+        // `trans.len()` is a power of two and every premultiplied state plus a class is below
+        // it (by construction), so the mask never changes an index; it only lets the compiler
+        // drop the bounds check
+        let mask = trans.len() - 1;
+        let step = |s: usize, b: u8| trans[(s + usize::from(class[usize::from(b)])) & mask];
         let mut s = self.start as usize;
         let mut mat = None;
         let mut k = 0;
         loop {
             for c in hay[k..].chunks_exact(BLOCK_BYTES) {
-                let Some(&s1) = trans.get(s + usize::from(class[usize::from(c[0])])) else {
-                    return None;
-                };
-                let Some(&s2) = trans.get(s1 as usize + usize::from(class[usize::from(c[1])]))
-                else {
-                    return None;
-                };
-                let Some(&s3) = trans.get(s2 as usize + usize::from(class[usize::from(c[2])]))
-                else {
-                    return None;
-                };
-                let Some(&s4) = trans.get(s3 as usize + usize::from(class[usize::from(c[3])]))
-                else {
-                    return None;
-                };
+                let s1 = step(s, c[0]);
+                let s2 = step(s1 as usize, c[1]);
+                let s3 = step(s2 as usize, c[2]);
+                let s4 = step(s3 as usize, c[3]);
                 if (s1.min(s2).min(s3).min(s4) as usize) < special {
                     break;
                 }
@@ -213,10 +211,7 @@ impl CtxDfa {
                 return mat;
             }
             while k < end {
-                let Some(&x) = trans.get(s + usize::from(class[usize::from(hay[k])])) else {
-                    return None;
-                };
-                s = x as usize;
+                s = step(s, hay[k]) as usize;
                 k += 1;
                 if s < special {
                     match self.matches.get(s) {
