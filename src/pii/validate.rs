@@ -747,8 +747,17 @@ pub fn ipv4(t: &[u8], s: usize) -> Option<(usize, f32)> {
     }
     let mut p = s;
     for i in 0..4 {
-        let n = digit_run(t, p, 3);
-        if n == 0 || n > 3 || (n > 1 && t[p] == b'0') || num(t, p, p + n) > 255 {
+        // the octet's digits (a fourth digit already rejects it) and value, in one read
+        let (mut n, mut v) = (0usize, 0u32);
+        while n < 4 {
+            let c = at(t, p + n);
+            if !c.is_ascii_digit() {
+                break;
+            }
+            v = v * 10 + u32::from(c - b'0');
+            n += 1;
+        }
+        if n == 0 || n > 3 || (n > 1 && t[p] == b'0') || v > 255 {
             return None;
         }
         p += n;
