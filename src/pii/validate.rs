@@ -1133,6 +1133,137 @@ mod tests {
         );
     }
 
+    /// The IBAN and IPv4 validators as they were before their single-pass rewrites (per-char
+    /// mod 97 with a reduction test; digit run then value per octet), as references.
+    fn iban_reference(t: &[u8], s: usize) -> Option<(usize, f32)> {
+        if s > 0 && is_word(t[s - 1]) {
+            return None;
+        }
+        let cc = t.get(s..s + 2)?;
+        if !cc.iter().all(u8::is_ascii_uppercase)
+            || !t.get(s + 2..s + 4)?.iter().all(u8::is_ascii_digit)
+        {
+            return None;
+        }
+        let len = iban_len(cc)?;
+        let step = |r: u64, c: u8| -> u64 {
+            let r = if c.is_ascii_digit() {
+                r * 10 + u64::from(c - b'0')
+            } else {
+                r * 100 + u64::from(c - b'A') + 10
+            };
+            if r >= 1 << 56 {
+                r % 97
+            } else {
+                r
+            }
+        };
+        let (mut head, mut r, mut n, mut p) = ([0u8; 4], 0u64, 0, s);
+        let mut spaced: Option<bool> = None;
+        while n < len {
+            let c = at(t, p);
+            if !(c.is_ascii_uppercase() || c.is_ascii_digit()) {
+                return None;
+            }
+            if n < 4 {
+                head[n] = c;
+            } else {
+                r = step(r, c);
+            }
+            n += 1;
+            p += 1;
+            if n % 4 == 0 && n < len {
+                let sp = at(t, p) == b' ';
+                match spaced {
+                    None => spaced = Some(sp),
+                    Some(x) if x != sp => return None,
+                    _ => {}
+                }
+                if sp {
+                    p += 1;
+                }
+            }
+        }
+        if p < t.len() && is_word(t[p]) {
+            return None;
+        }
+        for c in head {
+            r = step(r, c);
+        }
+        (r % 97 == 1).then_some((p, CONF_STRONG))
+    }
+
+    fn ipv4_reference(t: &[u8], s: usize) -> Option<(usize, f32)> {
+        if !left_ok(t, s) {
+            return None;
+        }
+        let mut p = s;
+        for i in 0..4 {
+            let n = digit_run(t, p, 3);
+            if n == 0 || n > 3 || (n > 1 && t[p] == b'0') || num(t, p, p + n) > 255 {
+                return None;
+            }
+            p += n;
+            if i < 3 {
+                if at(t, p) != b'.' {
+                    return None;
+                }
+                p += 1;
+            }
+        }
+        let port = at(t, p) == b':' && !at(t, p + 1).is_ascii_hexdigit()
+            || at(t, p) == b':' && at(t, p + 1).is_ascii_digit();
+        (right_ok(t, p) || port).then_some((p, CONF_IPV4))
+    }
+
+    #[test]
+    fn iban_and_ipv4_equal_references() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = [
+            "DE89 3704 0044 0532 0130 00",
+            "DE89370400440532013000",
+            "GB82 WEST 1234 5698 7654 32",
+            "NL91ABNA0417164300",
+            "FR1420041010050500013M02606",
+            "10.20.30.40",
+            "192.168.1.1",
+            "255.255.255.255:8080",
+        ];
+        let noise = b"0123456789 .:-AZaz_";
+        let (mut ibans, mut ips) = (0, 0);
+        for _ in 0..200_000 {
+            let mut t: Vec<u8> = Vec::new();
+            for _ in 0..next() % 3 {
+                t.push(noise[(next() % noise.len() as u64) as usize]);
+            }
+            let s = t.len();
+            for &c in valid[(next() % valid.len() as u64) as usize].as_bytes() {
+                let r = next();
+                t.push(if r % 29 == 0 {
+                    noise[(r / 29 % noise.len() as u64) as usize]
+                } else {
+                    c
+                });
+            }
+            for _ in 0..next() % 4 {
+                t.push(noise[(next() % noise.len() as u64) as usize]);
+            }
+            let want = iban_reference(&t, s);
+            assert_eq!(iban(&t, s), want, "{:?}", String::from_utf8_lossy(&t));
+            ibans += usize::from(want.is_some());
+            let want = ipv4_reference(&t, s);
+            assert_eq!(ipv4(&t, s), want, "{:?}", String::from_utf8_lossy(&t));
+            ips += usize::from(want.is_some());
+        }
+        assert!(ibans > 1_000 && ips > 1_000, "{ibans} {ips}");
+    }
+
     #[test]
     fn card_table() {
         for ok in [
