@@ -14,7 +14,12 @@
 //!   prefilter (remember the last match state, stop at the dead state, resume at the match end).
 //! * Byte classes are derived from the DFA's columns (bytes with identical transitions from every
 //!   state share a class), so the table is `states × classes`, a few KiB for the built-in words.
-//! * Special states (dead, match) are numbered first, so the loop tests one comparison per byte.
+//! * Special states (dead, match) are numbered first, so one comparison tells whether a state is
+//!   special; the loop steps four bytes and compares the lowest of the four states once, and a
+//!   block that reached a special state is re-stepped byte by byte (same states, same matches).
+//! * The table length is a power of two and every valid index is below `states × classes`, so
+//!   masking the index changes nothing and lets the compiler drop the per-byte bounds check
+//!   (no `unsafe`); the padding is never reached.
 
 use std::collections::HashMap;
 
