@@ -1073,6 +1073,8 @@ mod tests {
         }
     }
 
+    type Validator = fn(&[u8], usize) -> Option<(usize, f32)>;
+
     /// The SSN and card fast paths decide exactly as the general group split, on random strings
     /// of digits and separators around the fast-path shapes.
     #[test]
@@ -1113,7 +1115,7 @@ mod tests {
             for _ in 0..next() % 5 {
                 t.push(alphabet[(next() % alphabet.len() as u64) as usize]);
             }
-            let split_or_none = |f: fn(&[u8], usize) -> Option<(usize, f32)>| {
+            let split_or_none = |f: Validator| {
                 if left_ok(&t, s) {
                     f(&t, s)
                 } else {
