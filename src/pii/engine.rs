@@ -887,10 +887,16 @@ impl Engine {
         let d = &*self.det;
         let t = text.as_bytes();
         if let Some(ac) = &d.anchor_ac {
-            let anchored: Vec<&CustomRx> = d.custom.iter().filter(|c| c.anchored).collect();
             for m in ac.find_iter(t) {
                 let s = m.start();
-                let Some(cr) = anchored.get(m.pattern().as_usize()) else {
+                // anchors are numbered in the order of the anchored patterns (a short list: no
+                // per-scan index vector, so a scan allocates nothing beyond `out`)
+                let Some(cr) = d
+                    .custom
+                    .iter()
+                    .filter(|c| c.anchored)
+                    .nth(m.pattern().as_usize())
+                else {
                     continue;
                 };
                 let mut lim = (s + cr.max_len_bytes).min(t.len());
