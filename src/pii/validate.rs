@@ -35,6 +35,7 @@ pub const CONF_STRONG: f32 = 0.95;
 const CLASS_WORD: u8 = 1;
 const CLASS_LOCAL: u8 = 2;
 const CLASS_TOK: u8 = 4;
+const CLASS_LABEL: u8 = 8;
 
 static CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
@@ -51,6 +52,9 @@ static CLASS: [u8; 256] = {
         }
         if alnum || c == b'_' || c == b'-' {
             k |= CLASS_TOK;
+        }
+        if alnum || c == b'-' {
+            k |= CLASS_LABEL;
         }
         t[b] = k;
         b += 1;
@@ -814,6 +818,12 @@ pub fn ipv6(t: &[u8], colon: usize) -> Option<(usize, usize, f32)> {
     Some((s, e, CONF_IPV6))
 }
 
+/// ASCII letter, digit or `-` (a domain label byte).
+#[inline]
+fn is_label(b: u8) -> bool {
+    CLASS[usize::from(b)] & CLASS_LABEL != 0
+}
+
 #[inline]
 fn is_local(b: u8) -> bool {
     CLASS[usize::from(b)] & CLASS_LOCAL != 0
@@ -841,10 +851,7 @@ pub fn email(t: &[u8], at_pos: usize) -> Option<(usize, usize, f32)> {
     let mut end = p;
     loop {
         let ls = p;
-        while p < t.len()
-            && (t[p].is_ascii_alphanumeric() || t[p] == b'-')
-            && p - at_pos < EMAIL_BYTES_MAX
-        {
+        while p < t.len() && is_label(t[p]) && p - at_pos < EMAIL_BYTES_MAX {
             p += 1;
         }
         if p == ls || t[ls] == b'-' || t[p - 1] == b'-' {
@@ -866,12 +873,37 @@ pub fn email(t: &[u8], at_pos: usize) -> Option<(usize, usize, f32)> {
     if tld.len() < 2 || !tld.iter().all(u8::is_ascii_alphabetic) {
         return None;
     }
-    // asset names like `icon@2x.png`
-    const FILE_EXTS: &[&[u8]] = &[
-        b"png", b"jpg", b"jpeg", b"gif", b"svg", b"webp", b"bmp", b"ico", b"css", b"js", b"json",
+    // asset names like `icon@2x.png`: every extension has at most four letters, so one packed
+    // lower-case word per extension (the TLD is alphabetic: no zero byte, lengths stay distinct)
+    const fn pack(x: &[u8]) -> u32 {
+        let mut k = 0u32;
+        let mut i = 0;
+        while i < x.len() {
+            k |= (x[i] as u32) << (8 * i);
+            i += 1;
+        }
+        k
+    }
+    const FILE_EXTS: [u32; 11] = [
+        pack(b"png"),
+        pack(b"jpg"),
+        pack(b"jpeg"),
+        pack(b"gif"),
+        pack(b"svg"),
+        pack(b"webp"),
+        pack(b"bmp"),
+        pack(b"ico"),
+        pack(b"css"),
+        pack(b"js"),
+        pack(b"json"),
     ];
-    if FILE_EXTS.iter().any(|x| tld.eq_ignore_ascii_case(x)) {
-        return None;
+    if tld.len() <= 4 {
+        let key = tld.iter().enumerate().fold(0u32, |k, (i, c)| {
+            k | u32::from(c.to_ascii_lowercase()) << (8 * i)
+        });
+        if FILE_EXTS.contains(&key) {
+            return None;
+        }
     }
     if end < t.len() && (is_word(t[end]) || t[end] == b'@') {
         return None;
@@ -1021,6 +1053,7 @@ mod tests {
                 b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-'),
                 "{b}"
             );
+            assert_eq!(is_label(b), b.is_ascii_alphanumeric() || b == b'-', "{b}");
             assert_eq!(
                 is_tok(b),
                 b.is_ascii_alphanumeric() || b == b'_' || b == b'-',
@@ -1402,6 +1435,18 @@ mod tests {
         assert_eq!(em("@decorator"), None);
         assert_eq!(em("a@localhost"), None);
         assert_eq!(em("x@1.2"), None);
+        for asset in [
+            "icon@2x.png",
+            "a@b.JPEG",
+            "x@y.Json",
+            "s@t.js",
+            "logo@3x.webp",
+        ] {
+            assert_eq!(em(asset), None, "{asset}");
+        }
+        for mail in ["a@b.jsx", "a@b.pn", "a@b.pngs", "a@b.icon", "a@b.io"] {
+            assert_eq!(em(mail).as_deref(), Some(mail), "{mail}");
+        }
         assert!(whole(aws_key, "AKIAIOSFODNN7EXAMPLE"));
         assert!(!whole(aws_key, "AKIAIOSFODNN7EXAMPL"));
         assert!(whole(sk_key, "sk-proj-abcDEF1234567890abcdefGHIJ"));
