@@ -36,6 +36,7 @@ const CLASS_WORD: u8 = 1;
 const CLASS_LOCAL: u8 = 2;
 const CLASS_TOK: u8 = 4;
 const CLASS_LABEL: u8 = 8;
+const CLASS_UPPER_DIGIT: u8 = 16;
 
 static CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
@@ -55,6 +56,9 @@ static CLASS: [u8; 256] = {
         }
         if alnum || c == b'-' {
             k |= CLASS_LABEL;
+        }
+        if c.is_ascii_uppercase() || c.is_ascii_digit() {
+            k |= CLASS_UPPER_DIGIT;
         }
         t[b] = k;
         b += 1;
@@ -937,7 +941,7 @@ pub fn aws_key(t: &[u8], s: usize) -> Option<(usize, f32)> {
     let body = t.get(s + 4..e)?;
     if !body
         .iter()
-        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        .all(|&b| CLASS[usize::from(b)] & CLASS_UPPER_DIGIT != 0)
     {
         return None;
     }
@@ -1054,6 +1058,11 @@ mod tests {
                 "{b}"
             );
             assert_eq!(is_label(b), b.is_ascii_alphanumeric() || b == b'-', "{b}");
+            assert_eq!(
+                CLASS[usize::from(b)] & CLASS_UPPER_DIGIT != 0,
+                b.is_ascii_uppercase() || b.is_ascii_digit(),
+                "{b}"
+            );
             assert_eq!(
                 is_tok(b),
                 b.is_ascii_alphanumeric() || b == b'_' || b == b'-',
