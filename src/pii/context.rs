@@ -14,7 +14,12 @@
 //!   prefilter (remember the last match state, stop at the dead state, resume at the match end).
 //! * Byte classes are derived from the DFA's columns (bytes with identical transitions from every
 //!   state share a class), so the table is `states × classes`, a few KiB for the built-in words.
-//! * Special states (dead, match) are numbered first, so the loop tests one comparison per byte.
+//! * Special states (dead, match) are numbered first, so one comparison tells whether a state is
+//!   special; the loop steps four bytes and compares the lowest of the four states once, and a
+//!   block that reached a special state is re-stepped byte by byte (same states, same matches).
+//! * The table length is a power of two and every valid index is below `states × classes`, so
+//!   masking the index changes nothing and lets the compiler drop the per-byte bounds check
+//!   (no `unsafe`); the padding is never reached.
 
 use std::collections::HashMap;
 
@@ -142,7 +147,10 @@ impl CtxDfa {
         let pm = |i: usize| -> Result<u32, PiiError> {
             u32::try_from(i * stride).map_err(|_| err("context automaton too large".into()))
         };
-        let mut trans = vec![0u32; states * stride];
+        // padded to a power of two so stepping can mask its index instead of bounds-checking it
+        // (valid indices are below `states * stride` and unchanged by the mask; the padding is
+        // never reached and reads as the dead state)
+        let mut trans = vec![0u32; (states * stride).next_power_of_two()];
         let mut by_state = vec![None; special * stride];
         for (i, m) in matches.into_iter().enumerate() {
             by_state[i * stride] = m;
@@ -169,23 +177,55 @@ impl CtxDfa {
 
     /// The next leftmost-longest, non-overlapping match in `hay[at..]`:
     /// `(pattern, start, end)`. Iterate by passing the previous `end` as `at`.
+    ///
+    /// Steps four bytes per test while no special (match or dead) state is reached; a block that
+    /// reaches one is re-stepped byte by byte, so the states visited are exactly those of the
+    /// one-byte loop.
     #[inline]
     pub(crate) fn next_match(&self, hay: &[u8], at: usize) -> Option<(usize, usize, usize)> {
+        const BLOCK_BYTES: usize = 4;
+        let hay = hay.get(at..)?;
+        let special = self.special_below as usize;
+        let trans = &self.trans[..];
+        let class = &self.class;
+        if trans.is_empty() {
+            return None;
+        }
+        // `trans.len()` is a power of two and every premultiplied state plus a class is below
+        // it (by construction), so the mask never changes an index; it only lets the compiler
+        // drop the bounds check
+        let mask = trans.len() - 1;
+        let step = |s: usize, b: u8| trans[(s + usize::from(class[usize::from(b)])) & mask];
         let mut s = self.start as usize;
         let mut mat = None;
-        for (k, &b) in hay.get(at..)?.iter().enumerate() {
-            s = self
-                .trans
-                .get(s + usize::from(self.class[usize::from(b)]))
-                .map_or(0, |&x| x as usize);
-            if s < self.special_below as usize {
-                match self.matches.get(s) {
-                    Some(Some((pid, len))) => mat = Some((*pid, at + k + 1 - len, at + k + 1)),
-                    _ => break, // dead
+        let mut k = 0;
+        loop {
+            for c in hay[k..].chunks_exact(BLOCK_BYTES) {
+                let s1 = step(s, c[0]);
+                let s2 = step(s1 as usize, c[1]);
+                let s3 = step(s2 as usize, c[2]);
+                let s4 = step(s3 as usize, c[3]);
+                if (s1.min(s2).min(s3).min(s4) as usize) < special {
+                    break;
+                }
+                s = s4 as usize;
+                k += BLOCK_BYTES;
+            }
+            let end = (k + BLOCK_BYTES).min(hay.len());
+            if k == end {
+                return mat;
+            }
+            while k < end {
+                s = step(s, hay[k]) as usize;
+                k += 1;
+                if s < special {
+                    match self.matches.get(s) {
+                        Some(Some((pid, len))) => mat = Some((*pid, at + k - len, at + k)),
+                        _ => return mat, // dead
+                    }
                 }
             }
         }
-        mat
     }
 }
 

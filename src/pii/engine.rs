@@ -691,7 +691,18 @@ impl Engine {
     }
 
     fn scan_numeric(&self, t: &[u8], out: &mut Vec<Finding>, lits: &mut Literals<'_>) {
-        const CHUNK_BYTES: usize = 32;
+        /// Clean text is skipped this many bytes per test; a chunk that hits is split in halves
+        /// once, so dense text does not pay a long SWAR walk per event.
+        const CHUNK_BYTES: usize = 64;
+        const HALF_BYTES: usize = CHUNK_BYTES / 2;
+        #[inline]
+        fn any_interesting(chunk: &[u8]) -> bool {
+            let mut hit = false;
+            for &b in chunk {
+                hit |= (b.wrapping_sub(b'0') < 10) | (b == b'@') | (b == b':');
+            }
+            hit
+        }
         let want_digits = [
             Entity::Ssn,
             Entity::CreditCard,
@@ -709,16 +720,17 @@ impl Engine {
         let n = t.len();
         let mut i = 0;
         while i < n {
-            // vectorisable skip over uninteresting 32-byte chunks
-            while i + CHUNK_BYTES <= n {
-                let mut hit = false;
-                for &b in &t[i..i + CHUNK_BYTES] {
-                    hit |= (b.wrapping_sub(b'0') < 10) | (b == b'@') | (b == b':');
-                }
-                if hit {
+            // vectorisable skip over uninteresting 64-byte chunks, then one 32-byte half
+            while let Some(chunk) = t.get(i..i + CHUNK_BYTES) {
+                if any_interesting(chunk) {
                     break;
                 }
                 i += CHUNK_BYTES;
+            }
+            if t.get(i..i + HALF_BYTES)
+                .is_some_and(|h| !any_interesting(h))
+            {
+                i += HALF_BYTES;
             }
             // then 8 bytes at a time to the interesting byte, and byte-wise in the tail
             while i + 8 <= n {
@@ -875,10 +887,16 @@ impl Engine {
         let d = &*self.det;
         let t = text.as_bytes();
         if let Some(ac) = &d.anchor_ac {
-            let anchored: Vec<&CustomRx> = d.custom.iter().filter(|c| c.anchored).collect();
             for m in ac.find_iter(t) {
                 let s = m.start();
-                let Some(cr) = anchored.get(m.pattern().as_usize()) else {
+                // anchors are numbered in the order of the anchored patterns (a short list: no
+                // per-scan index vector, so a scan allocates nothing beyond `out`)
+                let Some(cr) = d
+                    .custom
+                    .iter()
+                    .filter(|c| c.anchored)
+                    .nth(m.pattern().as_usize())
+                else {
                     continue;
                 };
                 let mut lim = (s + cr.max_len_bytes).min(t.len());
@@ -1045,6 +1063,15 @@ impl Literals<'_> {
     /// Emit every secret starting at or before `pos` into `out` (kept sorted).
     #[inline]
     fn flush(&mut self, pos: usize, out: &mut Vec<Finding>) {
+        // common case at a numeric event: the next secret is already known and lies ahead
+        if self.next.is_some_and(|f| f.start > pos) {
+            return;
+        }
+        self.flush_slow(pos, out);
+    }
+
+    #[inline(never)]
+    fn flush_slow(&mut self, pos: usize, out: &mut Vec<Finding>) {
         loop {
             if self.next.is_none() {
                 if self.iter.is_none() {

@@ -462,9 +462,21 @@ fn decode_str(
     b: &[u8],
     s: usize,
     e: usize,
-    mut map: Option<&mut Vec<usize>>,
+    map: Option<&mut Vec<usize>>,
 ) -> Result<String, PiiError> {
     let mut out = String::with_capacity(e - s);
+    decode_into(b, s, e, map, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode_str`] appending to `out` (reused buffers: no allocation in steady state).
+fn decode_into(
+    b: &[u8],
+    s: usize,
+    e: usize,
+    mut map: Option<&mut Vec<usize>>,
+    out: &mut String,
+) -> Result<(), PiiError> {
     let mut p = s;
     while p < e {
         let c = b[p];
@@ -530,7 +542,7 @@ fn decode_str(
         }
         p += adv;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Append `s` JSON-escaped (without quotes).
@@ -823,9 +835,40 @@ pub struct StreamEventText {
 
 /// Parse one streamed event's JSON for [`StreamEventText`]. Errors if it is not valid JSON.
 pub fn stream_event_text(event_json: &[u8]) -> Result<StreamEventText, PiiError> {
+    let mut scratch = StreamEventScratch::default();
+    let mut out = stream_event_text_into(event_json, &mut scratch)?;
+    if out.span.is_some() {
+        out.text = Some(scratch.text);
+    }
+    Ok(out)
+}
+
+/// Reusable buffers of [`stream_event_text_into`]: the parser's path stack and the decoded
+/// text, so parsing one event allocates nothing in steady state.
+#[derive(Default)]
+pub struct StreamEventScratch {
+    /// Always empty between calls; kept for its capacity.
+    path: Vec<Seg<'static>>,
+    /// The decoded completion text of the last event parsed (empty when it carries none).
+    pub text: String,
+}
+
+/// The event's `type`: its raw span when it has no escapes (always, in practice), else decoded.
+enum Kind {
+    Raw(usize, usize),
+    Decoded(String),
+}
+
+/// [`stream_event_text`] with reused buffers: the returned `text` is `None` and the decoded
+/// text is in `scratch.text` (cleared first) when `span` is `Some`.
+pub fn stream_event_text_into(
+    event_json: &[u8],
+    scratch: &mut StreamEventScratch,
+) -> Result<StreamEventText, PiiError> {
+    scratch.text.clear();
     std::str::from_utf8(event_json).map_err(|e| bad(e.valid_up_to(), "invalid utf-8"))?;
     let mut out = StreamEventText::default();
-    let mut kind: Option<String> = None;
+    let mut kind: Option<Kind> = None;
     // The Responses API's top-level `delta` string is text only for output_text events;
     // decided after the parse because key order is free.
     let mut bare_delta: Option<(usize, usize)> = None;
@@ -841,7 +884,10 @@ pub fn stream_event_text(event_json: &[u8]) -> Result<StreamEventText, PiiError>
         };
         match (path.len(), key(0)) {
             (1, Some("type")) => {
-                kind = Some(decode_str(event_json, s.start, s.end, None)?);
+                kind = Some(match event_json.get(s.start..s.end) {
+                    Some(raw) if !raw.contains(&b'\\') => Kind::Raw(s.start, s.end),
+                    _ => Kind::Decoded(decode_str(event_json, s.start, s.end, None)?),
+                });
             }
             (1, Some("delta")) => bare_delta = Some((s.start, s.end)),
             (3, Some("choices")) if key(2) == Some("finish_reason") => {
@@ -863,26 +909,38 @@ pub fn stream_event_text(event_json: &[u8]) -> Result<StreamEventText, PiiError>
     let mut parser = Parser {
         b: event_json,
         pos: 0,
-        path: Vec::new(),
+        path: std::mem::take(&mut scratch.path),
         pats: STREAM_PATHS,
         on_string,
     };
-    parser.value(0)?;
+    let parsed = parser.value(0);
     parser.ws();
-    if parser.pos != event_json.len() {
-        return Err(bad(parser.pos, "trailing bytes"));
+    let end = parser.pos;
+    // hand the path stack's allocation back (an in-place collect of an emptied vector keeps
+    // its buffer; `Seg<'_>` and `Seg<'static>` have one layout)
+    let mut path = parser.path;
+    path.clear();
+    scratch.path = path.into_iter().map(|_| Seg::Idx(0)).collect();
+    parsed?;
+    if end != event_json.len() {
+        return Err(bad(end, "trailing bytes"));
     }
     if let Some(e) = err {
         return Err(e);
     }
-    match kind.as_deref() {
+    let kind = match &kind {
+        Some(Kind::Raw(s, e)) => std::str::from_utf8(&event_json[*s..*e]).ok(),
+        Some(Kind::Decoded(k)) => Some(k.as_str()),
+        None => None,
+    };
+    match kind {
         Some("response.output_text.delta") if out.span.is_none() => out.span = bare_delta,
         Some("content_block_stop" | "message_delta" | "message_stop")
         | Some("response.output_text.done" | "response.completed") => out.ends_lane = true,
         _ => {}
     }
     if let Some((s, e)) = out.span {
-        out.text = Some(decode_str(event_json, s, e, None)?);
+        decode_into(event_json, s, e, None, &mut scratch.text)?;
     }
     Ok(out)
 }
@@ -1016,6 +1074,43 @@ mod tests {
         assert!(
             matches!(redact_request(&dry, doc, None), Ok(RequestOutcome::Unchanged { ref findings }) if findings.len() == 2)
         );
+    }
+
+    /// `stream_event_text_into` with one scratch reused across events answers as
+    /// `stream_event_text`, and keeps its buffers (no allocation per event in steady state).
+    #[test]
+    fn stream_event_scratch_is_reused() {
+        let events: [&[u8]; 7] = [
+            br#"{"choices":[{"index":0,"delta":{"content":"my ssn is 123-45-6789"}}]}"#,
+            br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"caf\u00e9 \"x\""}}"#,
+            br#"{"type":"response.output_text.delta","delta":"hello"}"#,
+            br#"{"type":"message_stop"}"#,
+            br#"{"typ\u0065":"x","type":"response.comple\u0074ed"}"#,
+            br#"{"choices":[{"index":1,"delta":{},"finish_reason":"stop"}]}"#,
+            br#"{"choices":[{"index":0,"delta":{"content":"bad \q escape"}}]}"#,
+        ];
+        let mut scratch = StreamEventScratch::default();
+        for round in 0..2 {
+            for ev in events {
+                let want = stream_event_text(ev);
+                let got = stream_event_text_into(ev, &mut scratch).map(|mut g| {
+                    if g.span.is_some() {
+                        g.text = Some(scratch.text.clone());
+                    }
+                    g
+                });
+                assert_eq!(got, want, "{}", String::from_utf8_lossy(ev));
+                assert!(scratch.path.is_empty());
+                if round == 1 {
+                    assert!(scratch.path.capacity() > 0, "path stack kept its buffer");
+                }
+            }
+        }
+        let cap = scratch.text.capacity();
+        let first = events.first().copied().unwrap_or_default();
+        assert!(stream_event_text_into(first, &mut scratch).is_ok());
+        assert_eq!(scratch.text, "my ssn is 123-45-6789");
+        assert_eq!(scratch.text.capacity(), cap, "text buffer reused");
     }
 
     #[test]

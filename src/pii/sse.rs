@@ -20,6 +20,12 @@
 //!   (`finish_reason`, `content_block_stop`, ...), before `[DONE]`, and at end of body, in an
 //!   event cloned from the lane's last text event. A stream the upstream cuts short still gets
 //!   its held text (redacted) before the proxy breaks the client's stream.
+//! * **No allocation per event in steady state.** The event JSON is parsed with a reused path
+//!   stack and decoded into a reused text buffer ([`StreamEventScratch`]); the lane's redactor
+//!   appends the released text into a reused `String` (`StreamRedactor::push_into`); the
+//!   rewritten JSON and the lane template are reused buffers. What still allocates: a finding
+//!   (its audit record and replacement), a new lane, growth of a buffer to a larger event, and a
+//!   `type` string written with JSON escapes (decoded, never seen from real providers).
 //! * **Never fails the stream.** A block larger than [`SSE_REDACT_EVENT_BYTES_MAX`] or more lanes
 //!   than [`STREAM_LANES_MAX`] are forwarded uninspected and counted
 //!   ([`SseRedactor::uninspected`]); a response is never refused once it started.
@@ -27,7 +33,9 @@
 use std::sync::Arc;
 
 use super::engine::Engine;
-use super::json::{splice_string, stream_event_text, AuditFinding, STREAM_LANES_MAX};
+use super::json::{
+    splice_string, stream_event_text_into, AuditFinding, StreamEventScratch, STREAM_LANES_MAX,
+};
 use super::stream::StreamRedactor;
 use crate::inspect::sse::SseSplitter;
 
@@ -61,6 +69,9 @@ pub struct SseRedactor {
     /// in steady state).
     events: Vec<Pending>,
     datas: Vec<u8>,
+    /// Reused per event: the parser's path stack and decoded text, and the released text.
+    scratch: StreamEventScratch,
+    released: String,
 }
 
 /// Where one dispatched event lies, collected during `feed` (events borrow the splitter).
@@ -84,6 +95,8 @@ impl SseRedactor {
             findings: Vec::new(),
             events: Vec::new(),
             datas: Vec::new(),
+            scratch: StreamEventScratch::default(),
+            released: String::new(),
         }
     }
 
@@ -175,7 +188,7 @@ impl SseRedactor {
             out.extend_from_slice(self.block(ev.start, ev.end));
             return;
         }
-        let Ok(info) = stream_event_text(data) else {
+        let Ok(info) = stream_event_text_into(data, &mut self.scratch) else {
             out.extend_from_slice(self.block(ev.start, ev.end));
             return;
         };
@@ -194,7 +207,7 @@ impl SseRedactor {
             span: (0, 0),
             has_template: false,
         });
-        let (Some(text), Some(span)) = (info.text, info.span) else {
+        let Some(span) = info.span else {
             // No text: a role chunk, or the lane's end.
             if info.ends_lane {
                 self.release_lane(info.lane, out);
@@ -202,20 +215,23 @@ impl SseRedactor {
             out.extend_from_slice(self.block(ev.start, ev.end));
             return;
         };
-        let mut released = lane.redactor.push(&text);
+        let text = &self.scratch.text;
+        let released = &mut self.released;
+        released.clear();
+        lane.redactor.push_into(text, released);
         if info.ends_lane {
-            released.push_str(&lane.redactor.finish());
+            lane.redactor.finish_into(released);
         }
         lane.template.clear();
         lane.template.extend_from_slice(data);
         lane.span = span;
         lane.has_template = true;
-        if released == text {
+        if self.released == self.scratch.text {
             out.extend_from_slice(self.block(ev.start, ev.end));
             return;
         }
         self.json.clear();
-        splice_string(&mut self.json, data, span, &released);
+        splice_string(&mut self.json, data, span, &self.released);
         let block = self.block(ev.start, ev.end);
         write_block_with_data(out, block, &self.json);
     }
@@ -225,12 +241,13 @@ impl SseRedactor {
         let Some(Some(lane)) = self.lanes.get_mut(i) else {
             return;
         };
-        let tail = lane.redactor.finish();
-        if tail.is_empty() || !lane.has_template {
+        self.released.clear();
+        lane.redactor.finish_into(&mut self.released);
+        if self.released.is_empty() || !lane.has_template {
             return;
         }
         self.json.clear();
-        splice_string(&mut self.json, &lane.template, lane.span, &tail);
+        splice_string(&mut self.json, &lane.template, lane.span, &self.released);
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(&self.json);
         out.extend_from_slice(b"\n\n");

@@ -106,6 +106,13 @@ impl StreamRedactor {
     /// Feed the text of one delta; returns the text to release now (possibly empty).
     pub fn push(&mut self, delta: &str) -> String {
         let mut out = String::new();
+        self.push_into(delta, &mut out);
+        out
+    }
+
+    /// [`StreamRedactor::push`] appending the released text to `out` (no allocation in steady
+    /// state when `out` is reused).
+    pub fn push_into(&mut self, delta: &str, out: &mut String) {
         let mut rest: &str = delta;
         let owned;
         match &mut self.swallow {
@@ -116,7 +123,7 @@ impl StreamRedactor {
                 self.base += n;
                 push_ctx(&mut self.ctx, &rest[..n]);
                 if n == rest.len() {
-                    return out;
+                    return;
                 }
                 rest = &rest[n..];
                 self.swallow = Swallow::None;
@@ -138,23 +145,27 @@ impl StreamRedactor {
                     self.base += rest.len();
                     let cut = floor_boundary(carry, carry.len().saturating_sub(PEM_CARRY_BYTES));
                     carry.drain(..cut);
-                    return out;
+                    return;
                 }
             }
         }
         self.pending.push_str(rest);
-        self.release(false, &mut out);
-        out
+        self.release(false, out);
     }
 
     /// End of stream: release everything still held (redacted).
     pub fn finish(&mut self) -> String {
         let mut out = String::new();
+        self.finish_into(&mut out);
+        out
+    }
+
+    /// [`StreamRedactor::finish`] appending to `out`.
+    pub fn finish_into(&mut self, out: &mut String) {
         if matches!(self.swallow, Swallow::None) {
-            self.release(true, &mut out);
+            self.release(true, out);
         }
         self.pending.clear();
-        out
     }
 
     fn release(&mut self, fin: bool, out: &mut String) {
@@ -233,8 +244,11 @@ impl StreamRedactor {
         } else {
             released_end
         };
-        self.ctx = self.buf[keep..released_end].to_string();
-        self.pending = self.buf[released_end..].to_string();
+        // refilled in place (`buf` is a separate copy): no allocation per release
+        self.ctx.clear();
+        self.ctx.push_str(&self.buf[keep..released_end]);
+        self.pending.clear();
+        self.pending.push_str(&self.buf[released_end..]);
         match swallow {
             Some(Entity::PrivateKey) => {
                 self.swallow = Swallow::Pem(String::new());

@@ -35,6 +35,8 @@ pub const CONF_STRONG: f32 = 0.95;
 const CLASS_WORD: u8 = 1;
 const CLASS_LOCAL: u8 = 2;
 const CLASS_TOK: u8 = 4;
+const CLASS_LABEL: u8 = 8;
+const CLASS_UPPER_DIGIT: u8 = 16;
 
 static CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
@@ -51,6 +53,12 @@ static CLASS: [u8; 256] = {
         }
         if alnum || c == b'_' || c == b'-' {
             k |= CLASS_TOK;
+        }
+        if alnum || c == b'-' {
+            k |= CLASS_LABEL;
+        }
+        if c.is_ascii_uppercase() || c.is_ascii_digit() {
+            k |= CLASS_UPPER_DIGIT;
         }
         t[b] = k;
         b += 1;
@@ -173,6 +181,41 @@ pub fn ssn(t: &[u8], s: usize) -> Option<(usize, f32)> {
     if !left_ok(t, s) {
         return None;
     }
+    // fast path for the common `ddd<sep>dd<sep>dddd` shape: the same decision as the group split
+    // below reaches for it (groups of 3, 2 and 4 digits, one separator kind, no fourth group
+    // after the same separator), without the general split
+    if let Some(&[a0, a1, a2, s1, b0, b1, s2, c0, c1, c2, c3]) = t.get(s..s + 11) {
+        let d = |x: u8| u32::from(x.wrapping_sub(b'0'));
+        let digits = [a0, a1, a2, b0, b1, c0, c1, c2, c3];
+        if digits.iter().all(u8::is_ascii_digit)
+            && matches!(s1, b'-' | b' ' | b'.')
+            && s2 == s1
+            && !at(t, s + 11).is_ascii_digit()
+        {
+            let e = s + 11;
+            if at(t, e) == s1 && at(t, e + 1).is_ascii_digit() {
+                return None; // 123-45-6789-12: part of a longer number
+            }
+            let area = d(a0) * 100 + d(a1) * 10 + d(a2);
+            let group = d(b0) * 10 + d(b1);
+            let serial = d(c0) * 1000 + d(c1) * 100 + d(c2) * 10 + d(c3);
+            if ssn_parts_valid(area, group, serial) && right_ok(t, e) {
+                let c = if s1 == b'-' {
+                    CONF_SSN_DASHED
+                } else {
+                    CONF_SSN_SPACED
+                };
+                return Some((e, c));
+            }
+            return None;
+        }
+    }
+    ssn_split(t, s)
+}
+
+/// [`ssn`] by the general group split (the reference its fast path is tested against); `s` has
+/// passed [`left_ok`].
+fn ssn_split(t: &[u8], s: usize) -> Option<(usize, f32)> {
     let g = groups(t, s, b"- .", 9);
     let lens = |i: usize| g.g[i].1 - g.g[i].0;
     if g.n >= 1 && lens(0) == 9 {
@@ -265,6 +308,32 @@ pub fn card(t: &[u8], s: usize) -> Option<(usize, f32)> {
     if !left_ok(t, s) {
         return None;
     }
+    // fast path for the common `dddd<sep>dddd<sep>dddd<sep>dddd` shape with no fifth group: the
+    // group loop below then tries exactly this 16-digit card and nothing else
+    if let Some(&[a0, a1, a2, a3, s1, b0, b1, b2, b3, s2, c0, c1, c2, c3, s3, d0, d1, d2, d3]) =
+        t.get(s..s + 19)
+    {
+        let d = [
+            a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
+        ];
+        let e = s + 19;
+        if matches!(s1, b' ' | b'-')
+            && s2 == s1
+            && s3 == s1
+            && d.iter().all(u8::is_ascii_digit)
+            && !at(t, e).is_ascii_digit()
+            && !(matches!(at(t, e), b' ' | b'-') && at(t, e + 1).is_ascii_digit())
+        {
+            let ok = right_ok(t, e) && luhn_digits(&d) && card_brand_ok(&d);
+            return ok.then_some((e, CONF_CARD_GROUPED));
+        }
+    }
+    card_split(t, s)
+}
+
+/// [`card`] by the general group split (the reference its fast path is tested against); `s` has
+/// passed [`left_ok`].
+fn card_split(t: &[u8], s: usize) -> Option<(usize, f32)> {
     let g = groups(t, s, b" -", 19);
     let lens: [usize; 8] = std::array::from_fn(|i| g.g[i].1.saturating_sub(g.g[i].0));
     let mut best = None;
@@ -522,88 +591,107 @@ pub fn e164(t: &[u8], s: usize) -> Option<(usize, f32)> {
     Some((e, CONF_PHONE_INTL))
 }
 
+/// IBAN lengths per country (ISO 13616 registry).
+const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
+    (b"AD", 24),
+    (b"AE", 23),
+    (b"AL", 28),
+    (b"AT", 20),
+    (b"AZ", 28),
+    (b"BA", 20),
+    (b"BE", 16),
+    (b"BG", 22),
+    (b"BH", 22),
+    (b"BR", 29),
+    (b"BY", 28),
+    (b"CH", 21),
+    (b"CR", 22),
+    (b"CY", 28),
+    (b"CZ", 24),
+    (b"DE", 22),
+    (b"DK", 18),
+    (b"DO", 28),
+    (b"EE", 20),
+    (b"EG", 29),
+    (b"ES", 24),
+    (b"FI", 18),
+    (b"FO", 18),
+    (b"FR", 27),
+    (b"GB", 22),
+    (b"GE", 22),
+    (b"GI", 23),
+    (b"GL", 18),
+    (b"GR", 27),
+    (b"GT", 28),
+    (b"HR", 21),
+    (b"HU", 28),
+    (b"IE", 22),
+    (b"IL", 23),
+    (b"IQ", 23),
+    (b"IS", 26),
+    (b"IT", 27),
+    (b"JO", 30),
+    (b"KW", 30),
+    (b"KZ", 20),
+    (b"LB", 28),
+    (b"LC", 32),
+    (b"LI", 21),
+    (b"LT", 20),
+    (b"LU", 20),
+    (b"LV", 21),
+    (b"MC", 27),
+    (b"MD", 24),
+    (b"ME", 22),
+    (b"MK", 19),
+    (b"MR", 27),
+    (b"MT", 31),
+    (b"MU", 30),
+    (b"NL", 18),
+    (b"NO", 15),
+    (b"PK", 24),
+    (b"PL", 28),
+    (b"PS", 29),
+    (b"PT", 25),
+    (b"QA", 29),
+    (b"RO", 24),
+    (b"RS", 22),
+    (b"SA", 24),
+    (b"SC", 31),
+    (b"SE", 24),
+    (b"SI", 19),
+    (b"SK", 24),
+    (b"SM", 27),
+    (b"ST", 25),
+    (b"SV", 28),
+    (b"TL", 23),
+    (b"TN", 24),
+    (b"TR", 26),
+    (b"UA", 29),
+    (b"VA", 22),
+    (b"VG", 24),
+    (b"XK", 20),
+];
+
+/// [`IBAN_LENGTHS`] indexed by `(c0 - 'A') * 26 + (c1 - 'A')`; 0 = no such country.
+static IBAN_LEN_BY_CC: [u8; 26 * 26] = {
+    let mut a = [0u8; 26 * 26];
+    let mut i = 0;
+    while i < IBAN_LENGTHS.len() {
+        let (c, l) = IBAN_LENGTHS[i];
+        a[(c[0] - b'A') as usize * 26 + (c[1] - b'A') as usize] = l as u8;
+        i += 1;
+    }
+    a
+};
+
 /// IBAN length per country (ISO 13616 registry).
 pub fn iban_len(cc: &[u8]) -> Option<usize> {
-    const T: &[(&[u8; 2], usize)] = &[
-        (b"AD", 24),
-        (b"AE", 23),
-        (b"AL", 28),
-        (b"AT", 20),
-        (b"AZ", 28),
-        (b"BA", 20),
-        (b"BE", 16),
-        (b"BG", 22),
-        (b"BH", 22),
-        (b"BR", 29),
-        (b"BY", 28),
-        (b"CH", 21),
-        (b"CR", 22),
-        (b"CY", 28),
-        (b"CZ", 24),
-        (b"DE", 22),
-        (b"DK", 18),
-        (b"DO", 28),
-        (b"EE", 20),
-        (b"EG", 29),
-        (b"ES", 24),
-        (b"FI", 18),
-        (b"FO", 18),
-        (b"FR", 27),
-        (b"GB", 22),
-        (b"GE", 22),
-        (b"GI", 23),
-        (b"GL", 18),
-        (b"GR", 27),
-        (b"GT", 28),
-        (b"HR", 21),
-        (b"HU", 28),
-        (b"IE", 22),
-        (b"IL", 23),
-        (b"IQ", 23),
-        (b"IS", 26),
-        (b"IT", 27),
-        (b"JO", 30),
-        (b"KW", 30),
-        (b"KZ", 20),
-        (b"LB", 28),
-        (b"LC", 32),
-        (b"LI", 21),
-        (b"LT", 20),
-        (b"LU", 20),
-        (b"LV", 21),
-        (b"MC", 27),
-        (b"MD", 24),
-        (b"ME", 22),
-        (b"MK", 19),
-        (b"MR", 27),
-        (b"MT", 31),
-        (b"MU", 30),
-        (b"NL", 18),
-        (b"NO", 15),
-        (b"PK", 24),
-        (b"PL", 28),
-        (b"PS", 29),
-        (b"PT", 25),
-        (b"QA", 29),
-        (b"RO", 24),
-        (b"RS", 22),
-        (b"SA", 24),
-        (b"SC", 31),
-        (b"SE", 24),
-        (b"SI", 19),
-        (b"SK", 24),
-        (b"SM", 27),
-        (b"ST", 25),
-        (b"SV", 28),
-        (b"TL", 23),
-        (b"TN", 24),
-        (b"TR", 26),
-        (b"UA", 29),
-        (b"VA", 22),
-        (b"VG", 24),
-        (b"XK", 20),
-    ];
-    T.iter().find(|(c, _)| c[..] == *cc).map(|&(_, l)| l)
+    let [c0, c1] = cc else { return None };
+    if !c0.is_ascii_uppercase() || !c1.is_ascii_uppercase() {
+        return None;
+    }
+    let l = IBAN_LEN_BY_CC[usize::from(c0 - b'A') * 26 + usize::from(c1 - b'A')];
+    (l != 0).then_some(usize::from(l))
 }
 
 /// IBAN starting at `s` (the country letters): compact or in groups of 4 separated by single
@@ -620,54 +708,42 @@ pub fn iban(t: &[u8], s: usize) -> Option<(usize, f32)> {
     }
     let len = iban_len(cc)?;
     // ISO 7064 mod 97 over the rearranged string (characters 5.. then the first four), folded in
-    // while reading; reduce only when the accumulator nears overflow (~3 divisions per IBAN)
-    const REDUCE_ABOVE: u64 = 1 << 56;
-    let step = |r: u64, c: u8| -> u64 {
-        let r = if c.is_ascii_digit() {
-            r * 10 + u64::from(c - b'0')
-        } else {
-            r * 100 + u64::from(c - b'A') + 10
-        };
-        if r >= REDUCE_ABOVE {
-            r % 97
-        } else {
-            r
+    // while reading, one group of (up to) four characters at a time; reducing once per group
+    // keeps the accumulator below 97 * 100^4
+    let fold = |r: u64, c: u8| -> Option<u64> {
+        match c {
+            b'0'..=b'9' => Some(r * 10 + u64::from(c - b'0')),
+            b'A'..=b'Z' => Some(r * 100 + u64::from(c - b'A') + 10),
+            _ => None,
         }
     };
-    let mut head = [0u8; 4];
+    // the first four (country letters, check digits) were validated above; every later group
+    // is preceded by one space or none, as decided after the first group
+    let spaced = at(t, s + 4) == b' ';
     let mut r: u64 = 0;
-    let mut n = 0;
-    let mut p = s;
-    let mut spaced: Option<bool> = None;
+    let mut n = 4;
+    let mut p = s + 4;
     while n < len {
-        let c = at(t, p);
-        if !(c.is_ascii_uppercase() || c.is_ascii_digit()) {
+        if (at(t, p) == b' ') != spaced {
             return None;
         }
-        if n < 4 {
-            head[n] = c;
-        } else {
-            r = step(r, c);
+        if spaced {
+            p += 1;
         }
-        n += 1;
-        p += 1;
-        if n % 4 == 0 && n < len {
-            let sp = at(t, p) == b' ';
-            match spaced {
-                None => spaced = Some(sp),
-                Some(x) if x != sp => return None,
-                _ => {}
-            }
-            if sp {
-                p += 1;
-            }
+        let k = (len - n).min(4);
+        r %= 97;
+        for &c in t.get(p..p + k)? {
+            r = fold(r, c)?;
         }
+        n += k;
+        p += k;
     }
     if p < t.len() && is_word(t[p]) {
         return None;
     }
-    for c in head {
-        r = step(r, c);
+    r %= 97;
+    for &c in t.get(s..s + 4)? {
+        r = fold(r, c)?;
     }
     (r % 97 == 1).then_some((p, CONF_STRONG))
 }
@@ -679,8 +755,17 @@ pub fn ipv4(t: &[u8], s: usize) -> Option<(usize, f32)> {
     }
     let mut p = s;
     for i in 0..4 {
-        let n = digit_run(t, p, 3);
-        if n == 0 || n > 3 || (n > 1 && t[p] == b'0') || num(t, p, p + n) > 255 {
+        // the octet's digits (a fourth digit already rejects it) and value, in one read
+        let (mut n, mut v) = (0usize, 0u32);
+        while n < 4 {
+            let c = at(t, p + n);
+            if !c.is_ascii_digit() {
+                break;
+            }
+            v = v * 10 + u32::from(c - b'0');
+            n += 1;
+        }
+        if n == 0 || n > 3 || (n > 1 && t[p] == b'0') || v > 255 {
             return None;
         }
         p += n;
@@ -737,6 +822,12 @@ pub fn ipv6(t: &[u8], colon: usize) -> Option<(usize, usize, f32)> {
     Some((s, e, CONF_IPV6))
 }
 
+/// ASCII letter, digit or `-` (a domain label byte).
+#[inline]
+fn is_label(b: u8) -> bool {
+    CLASS[usize::from(b)] & CLASS_LABEL != 0
+}
+
 #[inline]
 fn is_local(b: u8) -> bool {
     CLASS[usize::from(b)] & CLASS_LOCAL != 0
@@ -764,10 +855,7 @@ pub fn email(t: &[u8], at_pos: usize) -> Option<(usize, usize, f32)> {
     let mut end = p;
     loop {
         let ls = p;
-        while p < t.len()
-            && (t[p].is_ascii_alphanumeric() || t[p] == b'-')
-            && p - at_pos < EMAIL_BYTES_MAX
-        {
+        while p < t.len() && is_label(t[p]) && p - at_pos < EMAIL_BYTES_MAX {
             p += 1;
         }
         if p == ls || t[ls] == b'-' || t[p - 1] == b'-' {
@@ -789,12 +877,37 @@ pub fn email(t: &[u8], at_pos: usize) -> Option<(usize, usize, f32)> {
     if tld.len() < 2 || !tld.iter().all(u8::is_ascii_alphabetic) {
         return None;
     }
-    // asset names like `icon@2x.png`
-    const FILE_EXTS: &[&[u8]] = &[
-        b"png", b"jpg", b"jpeg", b"gif", b"svg", b"webp", b"bmp", b"ico", b"css", b"js", b"json",
+    // asset names like `icon@2x.png`: every extension has at most four letters, so one packed
+    // lower-case word per extension (the TLD is alphabetic: no zero byte, lengths stay distinct)
+    const fn pack(x: &[u8]) -> u32 {
+        let mut k = 0u32;
+        let mut i = 0;
+        while i < x.len() {
+            k |= (x[i] as u32) << (8 * i);
+            i += 1;
+        }
+        k
+    }
+    const FILE_EXTS: [u32; 11] = [
+        pack(b"png"),
+        pack(b"jpg"),
+        pack(b"jpeg"),
+        pack(b"gif"),
+        pack(b"svg"),
+        pack(b"webp"),
+        pack(b"bmp"),
+        pack(b"ico"),
+        pack(b"css"),
+        pack(b"js"),
+        pack(b"json"),
     ];
-    if FILE_EXTS.iter().any(|x| tld.eq_ignore_ascii_case(x)) {
-        return None;
+    if tld.len() <= 4 {
+        let key = tld.iter().enumerate().fold(0u32, |k, (i, c)| {
+            k | u32::from(c.to_ascii_lowercase()) << (8 * i)
+        });
+        if FILE_EXTS.contains(&key) {
+            return None;
+        }
     }
     if end < t.len() && (is_word(t[end]) || t[end] == b'@') {
         return None;
@@ -828,7 +941,7 @@ pub fn aws_key(t: &[u8], s: usize) -> Option<(usize, f32)> {
     let body = t.get(s + 4..e)?;
     if !body
         .iter()
-        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        .all(|&b| CLASS[usize::from(b)] & CLASS_UPPER_DIGIT != 0)
     {
         return None;
     }
@@ -944,6 +1057,12 @@ mod tests {
                 b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-'),
                 "{b}"
             );
+            assert_eq!(is_label(b), b.is_ascii_alphanumeric() || b == b'-', "{b}");
+            assert_eq!(
+                CLASS[usize::from(b)] & CLASS_UPPER_DIGIT != 0,
+                b.is_ascii_uppercase() || b.is_ascii_digit(),
+                "{b}"
+            );
             assert_eq!(
                 is_tok(b),
                 b.is_ascii_alphanumeric() || b == b'_' || b == b'-',
@@ -994,6 +1113,199 @@ mod tests {
             let d: Vec<u8> = (0..n).map(|k| b'0' + ((x >> (3 * k)) % 10) as u8).collect();
             assert_eq!(luhn_digits(&d), luhn(&d, 0, n), "{d:?}");
         }
+    }
+
+    type Validator = fn(&[u8], usize) -> Option<(usize, f32)>;
+
+    /// The SSN and card fast paths decide exactly as the general group split, on random strings
+    /// of digits and separators around the fast-path shapes.
+    #[test]
+    fn fast_paths_equal_group_split() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let shapes: [&[u8]; 6] = [
+            b"ddd-dd-dddd",
+            b"ddd dd dddd",
+            b"ddd.dd.dddd",
+            b"dddd dddd dddd dddd",
+            b"dddd-dddd-dddd-dddd",
+            b"4ddd dddd dddd dddd",
+        ];
+        let alphabet = b"0123456789- .a(_/:";
+        let (mut ssn_hits, mut card_hits) = (0, 0);
+        for _ in 0..200_000 {
+            let shape = shapes[(next() % shapes.len() as u64) as usize];
+            let mut t: Vec<u8> = Vec::new();
+            for _ in 0..next() % 3 {
+                t.push(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            let s = t.len();
+            for &c in shape {
+                let r = next();
+                t.push(match c {
+                    // mostly the shape, sometimes any byte of the alphabet
+                    _ if r % 23 == 0 => alphabet[(r / 23 % alphabet.len() as u64) as usize],
+                    b'd' => b'0' + (r % 10) as u8,
+                    c => c,
+                });
+            }
+            for _ in 0..next() % 5 {
+                t.push(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            let split_or_none = |f: Validator| {
+                if left_ok(&t, s) {
+                    f(&t, s)
+                } else {
+                    None
+                }
+            };
+            let want = split_or_none(ssn_split);
+            assert_eq!(ssn(&t, s), want, "{:?}", String::from_utf8_lossy(&t));
+            ssn_hits += usize::from(want.is_some());
+            let want = split_or_none(card_split);
+            assert_eq!(card(&t, s), want, "{:?}", String::from_utf8_lossy(&t));
+            card_hits += usize::from(want.is_some());
+        }
+        assert!(
+            ssn_hits > 1_000 && card_hits > 300,
+            "{ssn_hits} {card_hits}"
+        );
+    }
+
+    /// The IBAN and IPv4 validators as they were before their single-pass rewrites (per-char
+    /// mod 97 with a reduction test; digit run then value per octet), as references.
+    fn iban_reference(t: &[u8], s: usize) -> Option<(usize, f32)> {
+        if s > 0 && is_word(t[s - 1]) {
+            return None;
+        }
+        let cc = t.get(s..s + 2)?;
+        if !cc.iter().all(u8::is_ascii_uppercase)
+            || !t.get(s + 2..s + 4)?.iter().all(u8::is_ascii_digit)
+        {
+            return None;
+        }
+        let len = iban_len(cc)?;
+        let step = |r: u64, c: u8| -> u64 {
+            let r = if c.is_ascii_digit() {
+                r * 10 + u64::from(c - b'0')
+            } else {
+                r * 100 + u64::from(c - b'A') + 10
+            };
+            if r >= 1 << 56 {
+                r % 97
+            } else {
+                r
+            }
+        };
+        let (mut head, mut r, mut n, mut p) = ([0u8; 4], 0u64, 0, s);
+        let mut spaced: Option<bool> = None;
+        while n < len {
+            let c = at(t, p);
+            if !(c.is_ascii_uppercase() || c.is_ascii_digit()) {
+                return None;
+            }
+            if n < 4 {
+                head[n] = c;
+            } else {
+                r = step(r, c);
+            }
+            n += 1;
+            p += 1;
+            if n % 4 == 0 && n < len {
+                let sp = at(t, p) == b' ';
+                match spaced {
+                    None => spaced = Some(sp),
+                    Some(x) if x != sp => return None,
+                    _ => {}
+                }
+                if sp {
+                    p += 1;
+                }
+            }
+        }
+        if p < t.len() && is_word(t[p]) {
+            return None;
+        }
+        for c in head {
+            r = step(r, c);
+        }
+        (r % 97 == 1).then_some((p, CONF_STRONG))
+    }
+
+    fn ipv4_reference(t: &[u8], s: usize) -> Option<(usize, f32)> {
+        if !left_ok(t, s) {
+            return None;
+        }
+        let mut p = s;
+        for i in 0..4 {
+            let n = digit_run(t, p, 3);
+            if n == 0 || n > 3 || (n > 1 && t[p] == b'0') || num(t, p, p + n) > 255 {
+                return None;
+            }
+            p += n;
+            if i < 3 {
+                if at(t, p) != b'.' {
+                    return None;
+                }
+                p += 1;
+            }
+        }
+        let port = at(t, p) == b':' && !at(t, p + 1).is_ascii_hexdigit()
+            || at(t, p) == b':' && at(t, p + 1).is_ascii_digit();
+        (right_ok(t, p) || port).then_some((p, CONF_IPV4))
+    }
+
+    #[test]
+    fn iban_and_ipv4_equal_references() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = [
+            "DE89 3704 0044 0532 0130 00",
+            "DE89370400440532013000",
+            "GB82 WEST 1234 5698 7654 32",
+            "NL91ABNA0417164300",
+            "FR1420041010050500013M02606",
+            "10.20.30.40",
+            "192.168.1.1",
+            "255.255.255.255:8080",
+        ];
+        let noise = b"0123456789 .:-AZaz_";
+        let (mut ibans, mut ips) = (0, 0);
+        for _ in 0..200_000 {
+            let mut t: Vec<u8> = Vec::new();
+            for _ in 0..next() % 3 {
+                t.push(noise[(next() % noise.len() as u64) as usize]);
+            }
+            let s = t.len();
+            for &c in valid[(next() % valid.len() as u64) as usize].as_bytes() {
+                let r = next();
+                t.push(if r % 29 == 0 {
+                    noise[(r / 29 % noise.len() as u64) as usize]
+                } else {
+                    c
+                });
+            }
+            for _ in 0..next() % 4 {
+                t.push(noise[(next() % noise.len() as u64) as usize]);
+            }
+            let want = iban_reference(&t, s);
+            assert_eq!(iban(&t, s), want, "{:?}", String::from_utf8_lossy(&t));
+            ibans += usize::from(want.is_some());
+            let want = ipv4_reference(&t, s);
+            assert_eq!(ipv4(&t, s), want, "{:?}", String::from_utf8_lossy(&t));
+            ips += usize::from(want.is_some());
+        }
+        assert!(ibans > 1_000 && ips > 1_000, "{ibans} {ips}");
     }
 
     #[test]
@@ -1132,6 +1444,18 @@ mod tests {
         assert_eq!(em("@decorator"), None);
         assert_eq!(em("a@localhost"), None);
         assert_eq!(em("x@1.2"), None);
+        for asset in [
+            "icon@2x.png",
+            "a@b.JPEG",
+            "x@y.Json",
+            "s@t.js",
+            "logo@3x.webp",
+        ] {
+            assert_eq!(em(asset), None, "{asset}");
+        }
+        for mail in ["a@b.jsx", "a@b.pn", "a@b.pngs", "a@b.icon", "a@b.io"] {
+            assert_eq!(em(mail).as_deref(), Some(mail), "{mail}");
+        }
         assert!(whole(aws_key, "AKIAIOSFODNN7EXAMPLE"));
         assert!(!whole(aws_key, "AKIAIOSFODNN7EXAMPL"));
         assert!(whole(sk_key, "sk-proj-abcDEF1234567890abcdefGHIJ"));
