@@ -281,6 +281,9 @@ pub enum Reply {
 pub struct Conn {
     w: TcpStream,
     r: BufReader<TcpStream>,
+    /// SHA-1 of [`LEASE_SCRIPT`] as Redis reported it (`SCRIPT LOAD` on connect), so each lease
+    /// sends `EVALSHA` and 40 bytes instead of the whole script.
+    pub script_sha: Vec<u8>,
 }
 
 impl Conn {
@@ -300,7 +303,28 @@ impl Conn {
         s.set_read_timeout(Some(io_timeout)).map_err(err)?;
         s.set_write_timeout(Some(io_timeout)).map_err(err)?;
         let r = BufReader::new(s.try_clone().map_err(err)?);
-        Ok(Conn { w: s, r })
+        let mut c = Conn {
+            w: s,
+            r,
+            script_sha: Vec::new(),
+        };
+        c.load_script()?;
+        Ok(c)
+    }
+
+    /// `SCRIPT LOAD` the lease script (on connect, and again after a `NOSCRIPT`: a restarted or
+    /// flushed Redis forgot it).
+    pub fn load_script(&mut self) -> Result<(), RedisError> {
+        let mut buf = Vec::new();
+        Conn::encode(&mut buf, &[b"SCRIPT", b"LOAD", LEASE_SCRIPT.as_bytes()]);
+        self.w.write_all(&buf)?;
+        match read_reply(&mut self.r, 0)? {
+            Reply::Str(sha) if sha.len() == 40 => {
+                self.script_sha = sha;
+                Ok(())
+            }
+            _ => Err(RedisError::Protocol("SCRIPT LOAD: unexpected reply".into())),
+        }
     }
 
     /// Append one command in RESP to `out`.
@@ -313,11 +337,24 @@ impl Conn {
         }
     }
 
-    /// Send pipelined commands and read `n` replies. An error reply is returned in place as
-    /// `Err` of the whole call (the lease script never errors in normal operation).
-    pub fn pipeline(&mut self, buf: &[u8], n: usize) -> Result<Vec<Reply>, RedisError> {
+    /// Send pipelined commands and read all `n` replies. An error reply (`-ERR`, `-NOSCRIPT`)
+    /// is returned in its place, so the replies after it are still read and the connection
+    /// stays in step; a transport or protocol error fails the whole call.
+    pub fn pipeline(
+        &mut self,
+        buf: &[u8],
+        n: usize,
+    ) -> Result<Vec<Result<Reply, RedisError>>, RedisError> {
         self.w.write_all(buf)?;
-        (0..n).map(|_| read_reply(&mut self.r, 0)).collect()
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            match read_reply(&mut self.r, 0) {
+                Ok(r) => out.push(Ok(r)),
+                Err(RedisError::Reply(m)) => out.push(Err(RedisError::Reply(m))),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -502,6 +539,10 @@ fn run(cfg: RedisConfig, rx: Receiver<Refill>, up: Arc<AtomicBool>) {
         }
         buf.clear();
         asks.clear();
+        let sha = conn
+            .as_ref()
+            .map(|c| c.script_sha.clone())
+            .unwrap_or_default();
         for (idx, p) in pending.iter().enumerate() {
             let Some(g) = &p.rule.global else { continue };
             let s = p.rule.table.get(p.slot);
@@ -536,8 +577,8 @@ fn run(cfg: RedisConfig, rx: Receiver<Refill>, up: Arc<AtomicBool>) {
                 Conn::encode(
                     &mut buf,
                     &[
-                        b"EVAL",
-                        LEASE_SCRIPT.as_bytes(),
+                        b"EVALSHA",
+                        &sha,
                         b"1",
                         key.as_bytes(),
                         rate.to_string().as_bytes(),
@@ -549,7 +590,18 @@ fn run(cfg: RedisConfig, rx: Receiver<Refill>, up: Arc<AtomicBool>) {
             }
         }
         let result = match conn.as_mut() {
-            Some(c) if !asks.is_empty() => c.pipeline(&buf, asks.len()),
+            Some(c) if !asks.is_empty() => match c.pipeline(&buf, asks.len()) {
+                // A restarted or flushed Redis forgot the script: load it again (same SHA) and
+                // send the batch once more.
+                Ok(r)
+                    if r.iter().any(
+                        |x| matches!(x, Err(RedisError::Reply(m)) if m.starts_with("NOSCRIPT")),
+                    ) =>
+                {
+                    c.load_script().and_then(|()| c.pipeline(&buf, asks.len()))
+                }
+                r => r,
+            },
             _ => Ok(Vec::new()),
         };
         match result {
@@ -559,6 +611,17 @@ fn run(cfg: RedisConfig, rx: Receiver<Refill>, up: Arc<AtomicBool>) {
                 for (a, r) in asks.iter().zip(replies) {
                     let p = &pending[a.idx];
                     let s = p.rule.table.get(p.slot);
+                    let r = match r {
+                        Ok(r) => r,
+                        Err(e) => {
+                            // One key's script failed: that key gets nothing this round (its
+                            // slot is released below and asks again); the others are served.
+                            metrics::counter!(names::REDIS_ERRORS_TOTAL, "kind" => e.label())
+                                .increment(1);
+                            tracing::warn!(redis = %addr, error = %e, "rate limit lease script failed");
+                            Reply::Nil
+                        }
+                    };
                     let (grant, left, wait_ms) = match r {
                         Reply::Array(v) if v.len() == 3 => match (&v[0], &v[1], &v[2]) {
                             (Reply::Int(g), Reply::Int(l), Reply::Int(w)) => (*g, *l, *w),

@@ -445,3 +445,40 @@ def test_redis_killed_and_restarted(mock, sluice_factory, redis):
     # And the limit is enforced again in the fail-open process.
     statuses = [request(opened.port)[0] for _ in range(30)]
     assert statuses.count(429) > 0, statuses
+
+
+def test_redis_leases_use_evalsha_and_survive_a_script_flush(mock, sluice_factory, redis):
+    """Leases send EVALSHA (the script is loaded once per connection); a Redis that forgot the
+    script (SCRIPT FLUSH, a restart) answers NOSCRIPT, and sluice loads it again and goes on."""
+    cli = shutil.which("redis-cli")
+    if not cli:
+        pytest.fail("redis-cli is not installed (scripts/test.sh installs redis-server)")
+
+    def stats():
+        out = subprocess.run([cli, "-p", str(redis.port), "info", "commandstats"],
+                             capture_output=True, text=True, check=True).stdout
+        calls = {}
+        for line in out.splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, rest = line.partition(":")
+                calls[name[len("cmdstat_"):]] = int(rest.split(",")[0].split("=")[1])
+        return calls
+
+    rate = 50
+    s = sluice_factory(global_config(mock, redis.port, rate))
+    counts, _ = hammer(s.port, 1.5, threads=4)
+    assert counts.get(200, 0) > 0, counts
+    before = stats()
+    assert before.get("evalsha", 0) > 0 and before.get("eval", 0) == 0, before
+    subprocess.run([cli, "-p", str(redis.port), "script", "flush"], check=True, capture_output=True)
+    refills = s.metric("sluice_ratelimit_lease_refills_total")
+    counts, elapsed = hammer(s.port, 2.0, threads=4)
+    # Still limited through Redis (not failing open): some admitted, the rest refused, and the
+    # leases kept coming after the flush.
+    assert counts.get(200, 0) > 0 and counts.get(429, 0) > 0, counts
+    assert counts.get(200, 0) <= rate * (elapsed + 1.5) * 1.01 + 2, counts
+    assert s.metric("sluice_ratelimit_lease_refills_total") > refills
+    after = stats()
+    assert after.get("script|load", 0) >= 2, after  # on connect, and after NOSCRIPT
+    assert s.metric("sluice_ratelimit_fail_open_total") == 0
+    assert "rate limit lease script failed" not in s.log()
