@@ -27,6 +27,7 @@ pub mod dialect;
 pub mod estimate;
 mod json;
 pub mod ndjson;
+pub(crate) mod objscan;
 pub mod request;
 pub mod sse;
 pub mod strip;

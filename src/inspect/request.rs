@@ -346,93 +346,11 @@ struct ScannedObject<'a> {
 /// Minimal structural scan of the object starting at (or after whitespace from) `at`.
 /// The body was validated by simd-json beforehand; this only needs byte positions.
 fn scan_object(b: &[u8], at: usize) -> Option<ScannedObject<'_>> {
-    let mut i = skip_ws(b, at);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    let open = i;
-    i += 1;
     let mut members = Vec::new();
-    loop {
-        i = skip_ws(b, i);
-        match b.get(i)? {
-            b'}' => return Some(ScannedObject { open, members }),
-            b',' => {
-                i += 1;
-                continue;
-            }
-            b'"' => {}
-            _ => return None,
-        }
-        let key_end = skip_string(b, i)?;
-        let key = &b[i + 1..key_end - 1];
-        i = skip_ws(b, key_end);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        let vs = skip_ws(b, i + 1);
-        let ve = skip_value(b, vs)?;
-        members.push(Member { key, value: vs..ve });
-        i = ve;
-    }
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        i += 1;
-    }
-    i
-}
-
-/// `b[i]` is `"`; returns the index after the closing quote.
-fn skip_string(b: &[u8], i: usize) -> Option<usize> {
-    let mut j = i + 1;
-    loop {
-        let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
-        if b[k] == b'\\' {
-            j = k + 2;
-        } else {
-            return Some(k + 1);
-        }
-    }
-}
-
-/// Returns the index after the value starting at `b[i]`.
-fn skip_value(b: &[u8], i: usize) -> Option<usize> {
-    match b.get(i)? {
-        b'"' => skip_string(b, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut j = i;
-            loop {
-                match b.get(j)? {
-                    b'"' => {
-                        j = skip_string(b, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(j + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                j += 1;
-            }
-        }
-        _ => {
-            let mut j = i;
-            while let Some(c) = b.get(j) {
-                if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                    break;
-                }
-                j += 1;
-            }
-            (j > i).then_some(j)
-        }
-    }
+    let open = super::objscan::for_each_member(b, at, |key, value| {
+        members.push(Member { key, value })
+    })?;
+    Some(ScannedObject { open, members })
 }
 
 #[cfg(test)]

@@ -26,40 +26,15 @@ pub struct BodyFacts {
 /// Scan a body. `None` when it is not a JSON object (or is malformed where it was scanned).
 pub fn scan(body: &[u8]) -> Option<BodyFacts> {
     let mut f = BodyFacts::default();
-    let mut i = skip_ws(body, 0);
-    if body.get(i) != Some(&b'{') {
-        return None;
-    }
-    i += 1;
-    loop {
-        i = skip_ws(body, i);
-        match body.get(i)? {
-            b'}' => return Some(f),
-            b',' => {
-                i += 1;
-                continue;
-            }
-            b'"' => {}
-            _ => return None,
+    crate::inspect::objscan::for_each_member(body, 0, |key, v| match key {
+        b"model" if body[v.start] == b'"' => {
+            f.model = decode_string(&body[v.clone()]);
+            f.model_spans.push(v);
         }
-        let key_end = skip_string(body, i)?;
-        let key = &body[i + 1..key_end - 1];
-        i = skip_ws(body, key_end);
-        if body.get(i) != Some(&b':') {
-            return None;
-        }
-        let vs = skip_ws(body, i + 1);
-        let ve = skip_value(body, vs)?;
-        match key {
-            b"model" if body[vs] == b'"' => {
-                f.model = decode_string(&body[vs..ve]);
-                f.model_spans.push(vs..ve);
-            }
-            b"stream" => f.stream = &body[vs..ve] == b"true",
-            _ => {}
-        }
-        i = ve;
-    }
+        b"stream" => f.stream = &body[v] == b"true",
+        _ => {}
+    })?;
+    Some(f)
 }
 
 /// A copy of `body` with every `model` value in `spans` replaced by `model` (JSON-escaped).
@@ -85,64 +60,6 @@ fn decode_string(lit: &[u8]) -> Option<String> {
             .map(str::to_string);
     }
     serde_json::from_slice::<String>(lit).ok()
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        i += 1;
-    }
-    i
-}
-
-/// `b[i]` is `"`; the index after the closing quote.
-fn skip_string(b: &[u8], i: usize) -> Option<usize> {
-    let mut j = i + 1;
-    loop {
-        let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
-        if b[k] == b'\\' {
-            j = k + 2;
-        } else {
-            return Some(k + 1);
-        }
-    }
-}
-
-/// The index after the value starting at `b[i]`.
-fn skip_value(b: &[u8], i: usize) -> Option<usize> {
-    match b.get(i)? {
-        b'"' => skip_string(b, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut j = i;
-            loop {
-                match b.get(j)? {
-                    b'"' => {
-                        j = skip_string(b, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth = depth.checked_sub(1)?;
-                        if depth == 0 {
-                            return Some(j + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                j += 1;
-            }
-        }
-        _ => {
-            let mut j = i;
-            while let Some(c) = b.get(j) {
-                if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                    break;
-                }
-                j += 1;
-            }
-            (j > i).then_some(j)
-        }
-    }
 }
 
 #[cfg(test)]
