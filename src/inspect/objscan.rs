@@ -126,8 +126,23 @@ mod tests {
 
     #[test]
     fn malformed_is_none_never_a_panic() {
-        for b in [&b"[]"[..], b"{", b"{\"a\"", b"{\"a\":", b"{\"a\":}", b"{\"a\":[}]", b"{\"a\" 1}", b"{1:2}", b"\"x"] {
-            assert_eq!(for_each_member(b, 0, |_, _| {}), None, "{:?}", String::from_utf8_lossy(b));
+        for b in [
+            &b"[]"[..],
+            b"{",
+            b"{\"a\"",
+            b"{\"a\":",
+            b"{\"a\":}",
+            b"{\"a\":[}]",
+            b"{\"a\" 1}",
+            b"{1:2}",
+            b"\"x",
+        ] {
+            assert_eq!(
+                for_each_member(b, 0, |_, _| {}),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(b)
+            );
         }
         // A stray closer inside a value never underflows the depth.
         assert_eq!(skip_value(b"]", 0), None);

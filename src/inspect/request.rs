@@ -347,9 +347,8 @@ struct ScannedObject<'a> {
 /// The body was validated by simd-json beforehand; this only needs byte positions.
 fn scan_object(b: &[u8], at: usize) -> Option<ScannedObject<'_>> {
     let mut members = Vec::new();
-    let open = super::objscan::for_each_member(b, at, |key, value| {
-        members.push(Member { key, value })
-    })?;
+    let open =
+        super::objscan::for_each_member(b, at, |key, value| members.push(Member { key, value }))?;
     Some(ScannedObject { open, members })
 }
 

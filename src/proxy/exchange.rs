@@ -809,16 +809,14 @@ impl<'a> Exchange<'a> {
                 }
                 bytes_in += raw.len() as u64;
                 let ep = &up.endpoints[chosen.guard.endpoint];
-                write_upstream_head(
+                self.upstream_head(
                     &mut wbuf,
                     head,
                     up,
                     &ep.authority,
-                    self.peer,
                     request_id,
                     BodyFraming::AsReceived,
                     traceparent.as_deref(),
-                    self.strip_cred.get(),
                 );
                 req_body = ReqBody::Raw {
                     head_len: wbuf.len(),
@@ -837,16 +835,14 @@ impl<'a> Exchange<'a> {
             }
             None => {
                 let ep = &up.endpoints[chosen.guard.endpoint];
-                write_upstream_head(
+                self.upstream_head(
                     &mut wbuf,
                     head,
                     up,
                     &ep.authority,
-                    self.peer,
                     request_id,
                     BodyFraming::AsReceived,
                     traceparent.as_deref(),
-                    self.strip_cred.get(),
                 );
                 let first = match decoder.advance(&rbuf, |_| {}) {
                     Ok(p) => p,
@@ -1446,60 +1442,28 @@ impl<'a> Exchange<'a> {
                 let send = plan
                     .model_for(client_model)
                     .filter(|m| Some(&**m) != client_model && !spans.is_empty());
-                match &send {
-                    Some(m) => {
-                        let nb = route::model::rewrite(body, spans, m);
-                        let framing = BodyFraming::Length {
-                            len: nb.len(),
-                            drop_encoding: true,
-                        };
-                        write_upstream_head(
-                            wbuf,
-                            head,
-                            up,
-                            authority,
-                            self.peer,
-                            request_id,
-                            framing,
-                            traceparent,
-                            self.strip_cred.get(),
-                        );
-                        wbuf.extend_from_slice(&nb);
-                    }
-                    None => {
-                        let framing = BodyFraming::Length {
-                            len: body.len(),
-                            drop_encoding: *changed,
-                        };
-                        write_upstream_head(
-                            wbuf,
-                            head,
-                            up,
-                            authority,
-                            self.peer,
-                            request_id,
-                            framing,
-                            traceparent,
-                            self.strip_cred.get(),
-                        );
-                        wbuf.extend_from_slice(body);
-                    }
-                }
+                // The body as this attempt sends it: with the target's model, or as it is.
+                let rewritten = send.as_ref().map(|m| route::model::rewrite(body, spans, m));
+                let out: &[u8] = rewritten.as_deref().unwrap_or(body);
+                let framing = BodyFraming::Length {
+                    len: out.len(),
+                    drop_encoding: rewritten.is_some() || *changed,
+                };
+                self.upstream_head(wbuf, head, up, authority, request_id, framing, traceparent);
+                wbuf.extend_from_slice(out);
                 send
             }
             ReqBody::Raw { head_len } => {
                 let tail = wbuf.split_off((*head_len).min(wbuf.len()));
                 wbuf.clear();
-                write_upstream_head(
+                self.upstream_head(
                     wbuf,
                     head,
                     up,
                     authority,
-                    self.peer,
                     request_id,
                     BodyFraming::AsReceived,
                     traceparent,
-                    self.strip_cred.get(),
                 );
                 *head_len = wbuf.len();
                 wbuf.extend_from_slice(&tail);
@@ -2001,9 +1965,6 @@ fn is_connection_token<'a>(mut tokens: impl Iterator<Item = &'a str>, name: &str
     tokens.any(|t| t.eq_ignore_ascii_case(name))
 }
 
-/// The request head as the upstream sees it: origin-form target, hop-by-hop headers and those
-/// named in `Connection` removed, `Expect` answered by us, Host per `host_rewrite`,
-/// `X-Forwarded-For` appended, `X-Request-Id` set, `Via` appended, framing kept.
 /// How the forwarded request body is framed.
 #[derive(Clone, Copy)]
 enum BodyFraming {
@@ -2032,6 +1993,37 @@ enum OutMode {
     Rewrite,
 }
 
+impl Exchange<'_> {
+    /// [`write_upstream_head`] for this exchange's client (its address for `X-Forwarded-For`,
+    /// whether its credential is stripped): attempts differ only in target and body framing.
+    #[allow(clippy::too_many_arguments)]
+    fn upstream_head(
+        &self,
+        out: &mut Vec<u8>,
+        head: &RequestHead,
+        up: &UpstreamRt,
+        authority: &str,
+        request_id: &str,
+        framing: BodyFraming,
+        traceparent: Option<&str>,
+    ) {
+        write_upstream_head(
+            out,
+            head,
+            up,
+            authority,
+            self.peer,
+            request_id,
+            framing,
+            traceparent,
+            self.strip_cred.get(),
+        );
+    }
+}
+
+/// The request head as the upstream sees it: origin-form target, hop-by-hop headers and those
+/// named in `Connection` removed, `Expect` answered by us, Host per `host_rewrite`,
+/// `X-Forwarded-For` appended, `X-Request-Id` set, `Via` appended, framing kept.
 #[allow(clippy::too_many_arguments)]
 fn write_upstream_head(
     out: &mut Vec<u8>,
