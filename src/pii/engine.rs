@@ -32,7 +32,7 @@ pub const HASH_KEY_BYTES_MIN: usize = 16;
 const BOUNDARY_LOOKAHEAD_BYTES: usize = 2;
 
 /// Default positive context words per entity.
-const POSITIVE_WORDS: &[(Entity, &[&str])] = &[
+pub(super) const POSITIVE_WORDS: &[(Entity, &[&str])] = &[
     (
         Entity::Ssn,
         &[
@@ -94,7 +94,7 @@ const POSITIVE_WORDS: &[(Entity, &[&str])] = &[
 ];
 
 /// Default negative context words (numeric entities).
-const NEGATIVE_WORDS: &[&str] = &[
+pub(super) const NEGATIVE_WORDS: &[&str] = &[
     "order",
     "invoice",
     "version",
