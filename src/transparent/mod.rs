@@ -1210,67 +1210,56 @@ upstreams:
         );
     }
 
+    /// The error text a config fails with.
+    fn config_error(yaml: &str) -> String {
+        crate::config::parse("t.yaml", yaml)
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn transparent_config_errors_name_line_and_field() {
-        let explicit = TP.replace("    mode: transparent_outbound\n", "");
-        let e = crate::config::parse("t.yaml", &explicit)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("t.yaml:8: listeners[0].routes[0].upstream: `original_destination` needs a transparent listener"),
-            "{e}"
-        );
-        assert!(
-            e.contains("listeners[0].routes[0].match: destination"),
-            "{e}"
-        );
-        let bad = TP.replace("10.211.0.0/16", "10.211.0.0/99").replace(
-            "sni: \"*.openai.com\"",
-            "sni: \"*.openai.com\", path_prefix: /x",
-        );
-        let e = crate::config::parse("t.yaml", &bad)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("t.yaml:8: listeners[0].routes[0].match.destination: `10.211.0.0/99`"),
-            "{e}"
-        );
-        assert!(
-            e.contains("t.yaml:11: listeners[0].routes[1].match.sni: a TLS pass-through route sees no HTTP"),
-            "{e}"
-        );
-        let reserved = TP.replace("  egress:", "  original_destination:");
-        let e = crate::config::parse("t.yaml", &reserved)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("upstreams.original_destination: `original_destination` is reserved"),
-            "{e}"
-        );
-        let zero = TP.replace("sniff_timeout_ms: 250", "sniff_timeout_ms: 0");
-        let e = crate::config::parse("t.yaml", &zero)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(
-                "t.yaml:4: listeners[0].transparent.sniff_timeout_ms: must be between 1 and 60000"
+        // (edits of TP, what the error must say)
+        let cases: &[(&[(&str, &str)], &[&str])] = &[
+            (
+                &[("    mode: transparent_outbound\n", "")],
+                &[
+                    "t.yaml:8: listeners[0].routes[0].upstream: `original_destination` needs a transparent listener",
+                    "listeners[0].routes[0].match: destination",
+                    "t.yaml:4: listeners[0].transparent: set, but the listener's mode is `explicit`",
+                ],
             ),
-            "{e}"
-        );
-        let settings_only = TP.replace("    mode: transparent_outbound\n", "");
-        let e = crate::config::parse("t.yaml", &settings_only)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(
-                "t.yaml:4: listeners[0].transparent: set, but the listener's mode is `explicit`"
+            (
+                &[
+                    ("10.211.0.0/16", "10.211.0.0/99"),
+                    ("sni: \"*.openai.com\"", "sni: \"*.openai.com\", path_prefix: /x"),
+                ],
+                &[
+                    "t.yaml:8: listeners[0].routes[0].match.destination: `10.211.0.0/99`",
+                    "t.yaml:11: listeners[0].routes[1].match.sni: a TLS pass-through route sees no HTTP",
+                ],
             ),
-            "{e}"
-        );
-        let unknown = TP.replace("sniff_timeout_ms: 250", "sniff_timeout: 250");
-        assert!(crate::config::parse("t.yaml", &unknown).is_err());
-        let mode = TP.replace("transparent_outbound", "transparent");
-        assert!(crate::config::parse("t.yaml", &mode).is_err());
+            (
+                &[("  egress:", "  original_destination:")],
+                &["upstreams.original_destination: `original_destination` is reserved"],
+            ),
+            (
+                &[("sniff_timeout_ms: 250", "sniff_timeout_ms: 0")],
+                &["t.yaml:4: listeners[0].transparent.sniff_timeout_ms: must be between 1 and 60000"],
+            ),
+            // Unknown field, unknown mode: refused (the loader's own messages).
+            (&[("sniff_timeout_ms: 250", "sniff_timeout: 250")], &[]),
+            (&[("transparent_outbound", "transparent")], &[]),
+        ];
+        for (edits, expected) in cases {
+            let yaml = edits
+                .iter()
+                .fold(TP.to_string(), |y, (a, b)| y.replace(a, b));
+            let e = config_error(&yaml);
+            for x in *expected {
+                assert!(e.contains(x), "{edits:?}: {e}");
+            }
+        }
     }
 
     fn intercept_yaml(dir: &std::path::Path, hosts: &str) -> String {
@@ -1349,7 +1338,7 @@ listeners:
     fn interception_config_errors_name_line_and_field() {
         let d = tempfile::tempdir().unwrap();
         let y = intercept_yaml(d.path(), r#"["api.openai.com", "Bad_Host"]"#);
-        let e = crate::config::parse("t.yaml", &y).unwrap_err().to_string();
+        let e = config_error(&y);
         assert!(
             e.contains("t.yaml:10: listeners[0].transparent.intercept_hosts[1]: `Bad_Host`"),
             "{e}"
@@ -1360,9 +1349,7 @@ listeners:
             .filter(|l| !l.contains("tls:") && !l.contains("intercept_ca_"))
             .collect::<Vec<_>>()
             .join("\n");
-        let e = crate::config::parse("t.yaml", &no_tls)
-            .unwrap_err()
-            .to_string();
+        let e = config_error(&no_tls);
         assert!(
             e.contains("t.yaml:7: listeners[0].transparent.intercept_hosts: needs the listener's tls in interception mode"),
             "{e}"
@@ -1377,9 +1364,7 @@ listeners:
             })
             .collect::<Vec<_>>()
             .join("\n");
-        let e = crate::config::parse("t.yaml", &no_hosts)
-            .unwrap_err()
-            .to_string();
+        let e = config_error(&no_hosts);
         assert!(
             e.contains(
                 "t.yaml:4: listeners[0].tls: a transparent listener uses tls only to intercept"
@@ -1390,9 +1375,7 @@ listeners:
             "intercept_upstream_ca_file: ",
             "intercept_upstream_ca_file: /nonexistent",
         );
-        let e = crate::config::parse("t.yaml", &bad_ca)
-            .unwrap_err()
-            .to_string();
+        let e = config_error(&bad_ca);
         assert!(
             e.contains(
                 "t.yaml:11: listeners[0].transparent.intercept_upstream_ca_file: /nonexistent"
