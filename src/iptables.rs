@@ -206,6 +206,12 @@ impl Builder {
             args: args.iter().map(|s| s.to_string()).collect(),
         });
     }
+
+    /// `-A chain -p tcp --dport port -j target`.
+    fn port_rule(&mut self, chain: &str, port: u16, target: &str) {
+        let p = port.to_string();
+        self.add(&["-A", chain, "-p", "tcp", "--dport", &p, "-j", target]);
+    }
 }
 
 fn in_family(c: &Cidr, f: Family) -> bool {
@@ -278,17 +284,7 @@ pub fn install_commands(o: &Options) -> Vec<Cmd> {
                         }
                     }
                     for p in skip {
-                        let p = p.to_string();
-                        b.add(&[
-                            "-A",
-                            CHAIN_INBOUND,
-                            "-p",
-                            "tcp",
-                            "--dport",
-                            &p,
-                            "-j",
-                            "RETURN",
-                        ]);
+                        b.port_rule(CHAIN_INBOUND, p, "RETURN");
                     }
                     b.add(&["-A", CHAIN_INBOUND, "-p", "tcp", "-j", CHAIN_IN_REDIRECT]);
                 }
@@ -299,17 +295,7 @@ pub fn install_commands(o: &Options) -> Vec<Cmd> {
                         {
                             continue;
                         }
-                        let p = p.to_string();
-                        b.add(&[
-                            "-A",
-                            CHAIN_INBOUND,
-                            "-p",
-                            "tcp",
-                            "--dport",
-                            &p,
-                            "-j",
-                            CHAIN_IN_REDIRECT,
-                        ]);
+                        b.port_rule(CHAIN_INBOUND, *p, CHAIN_IN_REDIRECT);
                     }
                 }
             }
@@ -318,17 +304,7 @@ pub fn install_commands(o: &Options) -> Vec<Cmd> {
         // Outbound: connections from the pod.
         b.add(&["-A", "OUTPUT", "-p", "tcp", "-j", CHAIN_OUTPUT]);
         for p in &o.exclude_outbound_ports {
-            let p = p.to_string();
-            b.add(&[
-                "-A",
-                CHAIN_OUTPUT,
-                "-p",
-                "tcp",
-                "--dport",
-                &p,
-                "-j",
-                "RETURN",
-            ]);
+            b.port_rule(CHAIN_OUTPUT, *p, "RETURN");
         }
         for (m, id) in [("--uid-owner", &uid), ("--gid-owner", &gid)] {
             if inbound {
@@ -369,17 +345,7 @@ pub fn install_commands(o: &Options) -> Vec<Cmd> {
         }
         b.add(&["-A", CHAIN_OUTPUT, "-d", lo_net, "-j", "RETURN"]);
         for p in &o.include_outbound_ports {
-            let p = p.to_string();
-            b.add(&[
-                "-A",
-                CHAIN_OUTPUT,
-                "-p",
-                "tcp",
-                "--dport",
-                &p,
-                "-j",
-                CHAIN_REDIRECT,
-            ]);
+            b.port_rule(CHAIN_OUTPUT, *p, CHAIN_REDIRECT);
         }
         for c in o
             .exclude_outbound_cidrs

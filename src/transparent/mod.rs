@@ -1220,7 +1220,8 @@ upstreams:
     #[test]
     fn transparent_config_errors_name_line_and_field() {
         // (edits of TP, what the error must say)
-        let cases: &[(&[(&str, &str)], &[&str])] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
             (
                 &[("    mode: transparent_outbound\n", "")],
                 &[
