@@ -239,16 +239,13 @@ pub fn caller_of(
                 }
             }
             CallerSource::SourceAddress => {
+                // Formatted on the stack: an IP address is at most 45 characters.
                 use std::io::Write;
                 let mut buf = [0u8; 48];
                 let mut w = &mut buf[..];
-                if write!(w, "{}", peer.ip()).is_ok() {
-                    let n = 48 - w.len();
-                    if let Ok(s) = std::str::from_utf8(&buf[..n]) {
-                        return intern_caller(s);
-                    }
-                }
-                return Arc::from(peer.ip().to_string());
+                let _ = write!(w, "{}", peer.ip());
+                let n = 48 - w.len();
+                return intern_caller(std::str::from_utf8(&buf[..n]).unwrap_or_default());
             }
             CallerSource::Static => {
                 if let Some(n) = &cfg.static_name {
