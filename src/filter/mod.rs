@@ -11,6 +11,10 @@
 //!    `body_bytes_max`) before anything is forwarded. Only then is a body buffered.
 //! 3. [`Chain::on_request_body`]: may rewrite the body (PII redaction, usage injection) or
 //!    reject it (PII `block`, which fails closed on a body it cannot parse).
+//!
+//!    Then [`Chain::on_request_sent`] (phase 3b): the request is written to the upstream.
+//!    Request inspection that nothing before the send depends on runs here, while the upstream
+//!    works on the request, instead of in phase 3 on the request's path.
 //! 4. [`Chain::on_response_head`]: prepares response inspection; returns whether the response
 //!    body must be rewritten (only when sluice changed the request so that the response must be
 //!    changed back: the injected usage chunk is stripped).
@@ -135,6 +139,8 @@ pub struct ExchangeCtx {
     pub ratelimit: crate::ratelimit::ExchangeLimits,
     /// The caller was authenticated by an auth filter (its credential is not forwarded).
     pub authenticated: bool,
+    /// Request inspection was left for [`Chain::on_request_sent`].
+    pub inspect_deferred: bool,
 }
 
 impl ExchangeCtx {
@@ -159,6 +165,7 @@ impl ExchangeCtx {
             rewrite_scratch: Vec::new(),
             ratelimit: Default::default(),
             authenticated: false,
+            inspect_deferred: false,
         }
     }
 }
@@ -331,6 +338,27 @@ fn operation_of(d: Option<Dialect>) -> &'static str {
     }
 }
 
+/// Request inspection of a decoded body; `None` (counted as uninspected) when it is not JSON
+/// the inspector understands: such a body is forwarded untouched.
+fn inspect_body(
+    ctx: &mut ExchangeCtx,
+    d: Dialect,
+    head: &RequestHead,
+    body: &[u8],
+) -> Option<RequestFacts> {
+    let opts = inspect::RequestOptions {
+        path: head.path(),
+        prompt_text_bytes_max: inspect::PROMPT_TEXT_BYTES_MAX,
+    };
+    match inspect::inspect_request_with(d, body, &opts) {
+        Ok(facts) => Some(facts),
+        Err(_) => {
+            ctx.body_uninspected = true;
+            None
+        }
+    }
+}
+
 fn provider_of(d: Option<Dialect>) -> &'static str {
     match d {
         Some(Dialect::Anthropic) => "anthropic",
@@ -498,36 +526,58 @@ impl Chain {
                         ctx.body_uninspected = true;
                         continue;
                     }
-                    let opts = inspect::RequestOptions {
-                        path: head.path(),
-                        prompt_text_bytes_max: inspect::PROMPT_TEXT_BYTES_MAX,
+                    if self.inspect_can_wait(i) {
+                        ctx.inspect_deferred = true;
+                        continue;
+                    }
+                    let Some(facts) = inspect_body(ctx, d, head, body) else {
+                        continue;
                     };
-                    match inspect::inspect_request_with(d, body, &opts) {
-                        Ok(facts) => {
-                            if i.include_usage == IncludeUsage::Inject
-                                && facts.stream
-                                && d.supports_include_usage()
-                                && facts.include_usage != Some(true)
-                            {
-                                if let Some(b) = inspect::inject_include_usage(body) {
-                                    *body = b;
-                                    changed = true;
-                                    ctx.injected_usage = true;
-                                }
-                            }
-                            ctx.facts = Some(facts);
-                        }
-                        Err(_) => {
-                            // Not JSON we understand: forwarded untouched, counted.
-                            ctx.body_uninspected = true;
+                    if i.include_usage == IncludeUsage::Inject
+                        && facts.stream
+                        && d.supports_include_usage()
+                        && facts.include_usage != Some(true)
+                    {
+                        if let Some(b) = inspect::inject_include_usage(body) {
+                            *body = b;
+                            changed = true;
+                            ctx.injected_usage = true;
                         }
                     }
+                    ctx.facts = Some(facts);
                 }
                 Filter::Auth(_) => {}
                 Filter::RateLimit(r) => r.on_request_body(ctx, head, body.len()).await?,
             }
         }
         Ok(changed)
+    }
+
+    /// Whether request inspection may wait until the request is sent (phase 3b). It may
+    /// unless something before the send reads its facts: usage injection rewrites the body
+    /// by the `stream` flag, and rate limits that wait for the body reserve tokens by the
+    /// prompt size and output cap.
+    fn inspect_can_wait(&self, i: &InspectFilter) -> bool {
+        i.include_usage != IncludeUsage::Inject && !self.ratelimit().is_some_and(|r| r.needs_body)
+    }
+
+    /// Phase 3b: the request (head and whole `body`, as forwarded) has been written to the
+    /// upstream, or every attempt to send it failed. Runs the request inspection that phase 3
+    /// left for now ([`ExchangeCtx::inspect_deferred`]); idempotent.
+    ///
+    /// Why here: parsing a prompt of a few KiB costs microseconds (simd-json needs its own
+    /// copy of the document, and the prompt text kept for token estimation is copied out
+    /// again). Done after the write, it overlaps the upstream's work on the request, which
+    /// for a model takes far longer, so it leaves the request's added latency; the facts are
+    /// first needed at the response head (phase 4).
+    pub async fn on_request_sent(&self, ctx: &mut ExchangeCtx, head: &RequestHead, body: &[u8]) {
+        if !std::mem::take(&mut ctx.inspect_deferred) {
+            return;
+        }
+        let Some(d) = ctx.dialect else { return };
+        if let Some(facts) = inspect_body(ctx, d, head, body) {
+            ctx.facts = Some(facts);
+        }
     }
 
     /// Phase 4. Returns true when the response body must go through
@@ -843,6 +893,74 @@ mod tests {
             static_name: Some("billing".into()),
             fallback: "unknown".into(),
         }
+    }
+
+    fn inspect_chain(include_usage: IncludeUsage) -> Chain {
+        Chain {
+            filters: vec![Filter::Inspect(InspectFilter {
+                dialect: None,
+                include_usage,
+            })],
+            body_bytes_max: 1 << 20,
+            over_limit: OverLimit::Pass,
+            fails_closed: false,
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn request_inspection_waits_for_the_send_unless_the_body_depends_on_it() {
+        let h = head("content-type: application/json\r\n");
+        let body =
+            br#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        block_on(async {
+            // Nothing before the send reads the facts: phase 3 leaves the body alone, 3b
+            // inspects it (once).
+            let chain = inspect_chain(IncludeUsage::Off);
+            let mut ctx = ExchangeCtx::new("c".into());
+            chain.on_request_head(&mut ctx, &h).await.expect("head");
+            let mut b = body.to_vec();
+            assert!(!chain
+                .on_request_body(&mut ctx, &h, &mut b)
+                .await
+                .expect("body"));
+            assert!(ctx.facts.is_none() && ctx.inspect_deferred);
+            chain.on_request_sent(&mut ctx, &h, &b).await;
+            let f = ctx.facts.take().expect("facts after the send");
+            assert_eq!((f.model.as_deref(), f.stream), (Some("gpt-4o-mini"), true));
+            chain.on_request_sent(&mut ctx, &h, &b).await;
+            assert!(ctx.facts.is_none(), "3b runs once");
+
+            // Usage injection rewrites the body by its `stream` flag: inspected in phase 3.
+            let chain = inspect_chain(IncludeUsage::Inject);
+            let mut ctx = ExchangeCtx::new("c".into());
+            chain.on_request_head(&mut ctx, &h).await.expect("head");
+            let mut b = body.to_vec();
+            assert!(chain
+                .on_request_body(&mut ctx, &h, &mut b)
+                .await
+                .expect("body"));
+            assert!(ctx.facts.is_some() && !ctx.inspect_deferred && ctx.injected_usage);
+
+            // A body that is not JSON is counted as uninspected after the send as well.
+            let chain = inspect_chain(IncludeUsage::Off);
+            let mut ctx = ExchangeCtx::new("c".into());
+            chain.on_request_head(&mut ctx, &h).await.expect("head");
+            let mut b = b"not json".to_vec();
+            chain
+                .on_request_body(&mut ctx, &h, &mut b)
+                .await
+                .expect("body");
+            assert!(!ctx.body_uninspected);
+            chain.on_request_sent(&mut ctx, &h, &b).await;
+            assert!(ctx.body_uninspected && ctx.facts.is_none());
+        });
     }
 
     #[test]

@@ -918,6 +918,12 @@ impl<'a> Exchange<'a> {
                     if first_send {
                         overhead += t_before_send.duration_since(t_head);
                         first_send = false;
+                        // Phase 3b, while the upstream works on the request.
+                        if let (Some((chain, ctx)), ReqBody::Whole { body, .. }) =
+                            (fx.as_mut(), &req_body)
+                        {
+                            chain.on_request_sent(ctx, head, body).await;
+                        }
                     }
                     // Stream the rest of the request body, if any (then it cannot be replayed).
                     if !body_done {
@@ -1040,6 +1046,12 @@ impl<'a> Exchange<'a> {
                     );
                 }
                 Err(e) => {
+                    // Never sent: phase 3b still runs, so the record names the model.
+                    if let (Some((chain, ctx)), ReqBody::Whole { body, .. }) =
+                        (fx.as_mut(), &req_body)
+                    {
+                        chain.on_request_sent(ctx, head, body).await;
+                    }
                     let e = e.unwrap_or(ProxyError::NoEndpoint(up.name.clone()));
                     return self
                         .local_error(client, head, e, rbuf, wbuf, false, t_head)
