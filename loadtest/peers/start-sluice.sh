@@ -8,6 +8,9 @@ set -eu
 cfg=$1
 out=${OUT:-/tmp}
 name=$(basename "$cfg" .yaml)
+# The same config started twice (a control target) gets its own copy: sluice watches its
+# config file, and a second copy written over the first would reload the first process.
+if [ "$4" != "$2" ]; then name="$name-$4"; fi
 sed -e "s/127.0.0.1:19090/127.0.0.1:${MOCK_PORT:-19090}/;
         s/127.0.0.1:$2/127.0.0.1:$4/;
         s/127.0.0.1:$3/127.0.0.1:$5/;

@@ -262,6 +262,73 @@ pub struct TargetReport {
     pub mem_per_stream_bytes: Option<f64>,
     pub overhead_us: Option<Overhead>,
     pub rps_ratio_vs_baseline: Option<f64>,
+    /// Latency percentiles of each round on its own, in round order.
+    #[serde(default)]
+    pub rounds: Vec<RoundPoint>,
+    /// The overhead measured round by round against the baseline's run in the same round
+    /// (see [`paired_overhead`]); `None` for the baseline or with fewer than 2 rounds.
+    #[serde(default)]
+    pub paired_overhead_us: Option<PairedOverhead>,
+}
+
+/// One round of one target.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct RoundPoint {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub rps: f64,
+}
+
+/// Per-round (paired) overhead: for each round, the target's percentile minus the baseline's
+/// in that round; the median and range of those differences.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PairedOverhead {
+    pub rounds: u32,
+    pub p50_median: i64,
+    pub p50_min: i64,
+    pub p50_max: i64,
+    pub p99_median: i64,
+    pub p99_min: i64,
+    pub p99_max: i64,
+}
+
+/// The paired overhead of `t` over `base`, round by round.
+///
+/// Why: the overhead of the merged histograms lets one noisy round (another VM's burst on the
+/// host) dominate a small difference. Rounds run back to back (target after target), so a
+/// target's round and the baseline's round of the same index share the machine's state; the
+/// median of the per-round differences is robust to the rounds a burst hit, and the range
+/// shows how far the rounds disagree. Both figures are reported; neither replaces the other.
+pub fn paired_overhead(t: &[RoundPoint], base: &[RoundPoint]) -> Option<PairedOverhead> {
+    let n = t.len().min(base.len());
+    if n < 2 {
+        return None;
+    }
+    let stat = |f: fn(&RoundPoint) -> u64| {
+        let mut d: Vec<i64> = (0..n)
+            .map(|i| f(&t[i]) as i64 - f(&base[i]) as i64)
+            .collect();
+        d.sort_unstable();
+        // Median of an even count: the mean of the middle two, rounded towards zero.
+        let med = if n % 2 == 1 {
+            d[n / 2]
+        } else {
+            (d[n / 2 - 1] + d[n / 2]) / 2
+        };
+        (med, d[0], d[n - 1])
+    };
+    let (p50_median, p50_min, p50_max) = stat(|r| r.p50);
+    let (p99_median, p99_min, p99_max) = stat(|r| r.p99);
+    Some(PairedOverhead {
+        rounds: n as u32,
+        p50_median,
+        p50_min,
+        p50_max,
+        p99_median,
+        p99_min,
+        p99_max,
+    })
 }
 
 /// Machine facts.
@@ -620,6 +687,7 @@ struct Acc {
     idle_rss: Option<u64>,
     rss_max: Option<u64>,
     cfg: Option<RunConfig>,
+    rounds: Vec<RoundPoint>,
 }
 
 /// Samples CPU at the start of the measure window and max RSS during it.
@@ -731,6 +799,7 @@ pub fn compare(opts: &CompareOpts) -> Result<CompareReport, CompareError> {
             idle_rss: None,
             rss_max: None,
             cfg: None,
+            rounds: Vec::new(),
         };
         if !missing.is_empty() {
             let note = format!(
@@ -782,6 +851,12 @@ pub fn compare(opts: &CompareOpts) -> Result<CompareReport, CompareError> {
                     .map(|n| format!("  ({n})"))
                     .unwrap_or_default()
             );
+            acc.rounds.push(RoundPoint {
+                p50: one.latency_us.p50,
+                p90: one.latency_us.p90,
+                p99: one.latency_us.p99,
+                rps: one.rps,
+            });
             acc.stats.merge(&st);
             acc.measured_s += duration.as_secs_f64();
             if let Some(c) = cpu {
@@ -831,6 +906,8 @@ pub fn compare(opts: &CompareOpts) -> Result<CompareReport, CompareError> {
             },
             overhead_us: None,
             rps_ratio_vs_baseline: None,
+            rounds: acc.rounds.clone(),
+            paired_overhead_us: None,
             result,
         });
     }
@@ -851,6 +928,15 @@ pub fn compare(opts: &CompareOpts) -> Result<CompareReport, CompareError> {
                 });
                 t.rps_ratio_vs_baseline = (b.rps > 0.0).then(|| r.rps / b.rps);
             }
+        }
+    }
+    if let Some(base_rounds) = targets
+        .iter()
+        .find(|t| t.name == baseline)
+        .map(|t| t.rounds.clone())
+    {
+        for t in targets.iter_mut().filter(|t| t.name != baseline) {
+            t.paired_overhead_us = paired_overhead(&t.rounds, &base_rounds);
         }
     }
 
@@ -952,6 +1038,19 @@ pub fn summary(r: &CompareReport) -> String {
                 b as f64 / 1048576.0
             )),
         ));
+        if let Some(p) = &t.paired_overhead_us {
+            s.push_str(&format!(
+                "  {:<10} per round ({} rounds): p50 median {} [{} .. {}]  p99 median {} [{} .. {}]\n",
+                "",
+                p.rounds,
+                sd(p.p50_median),
+                sd(p.p50_min),
+                sd(p.p50_max),
+                sd(p.p99_median),
+                sd(p.p99_min),
+                sd(p.p99_max),
+            ));
+        }
         if let Some(m) = t.mem_per_stream_bytes {
             s.push_str(&format!(
                 "  {:<10} memory per stream: {:.1} KiB\n",
@@ -1021,6 +1120,29 @@ pub fn parse_named(flag: &str, items: &[String]) -> Result<BTreeMap<String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paired_overhead_is_the_median_of_round_differences() {
+        let r = |p50, p99| RoundPoint {
+            p50,
+            p90: 0,
+            p99,
+            rps: 1.0,
+        };
+        let base = [r(100, 200), r(100, 200), r(300, 900), r(100, 200)];
+        // Round 3 was hit by a burst on the target only: the median ignores it, the range
+        // shows it.
+        let t = [r(104, 260), r(106, 250), r(900, 9000), r(103, 240)];
+        let p = paired_overhead(&t, &base).expect("paired");
+        assert_eq!((p.rounds, p.p50_min, p.p50_max), (4, 3, 600));
+        assert_eq!(p.p50_median, (4 + 6) / 2);
+        assert_eq!(p.p99_median, (50 + 60) / 2);
+        let odd = paired_overhead(&t[..3], &base[..3]).expect("paired");
+        assert_eq!(odd.p50_median, 6);
+        assert!(paired_overhead(&t[..1], &base[..1]).is_none());
+        // Unequal lengths pair the rounds both ran.
+        assert_eq!(paired_overhead(&t, &base[..2]).expect("paired").rounds, 2);
+    }
 
     #[test]
     fn utc_formatting() {
