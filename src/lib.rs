@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod background;
 pub mod busypoll;
 pub mod config;
 pub mod error;

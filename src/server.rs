@@ -177,6 +177,9 @@ impl Control {
         if cfg.workers.resolve() != old.config.workers.resolve() {
             tracing::warn!("`workers` changed: takes effect on restart only");
         }
+        if cfg.background_thread_nice != old.config.background_thread_nice {
+            tracing::warn!("`background_thread_nice` changed: takes effect on restart only");
+        }
         if cfg.io_uring_task_run != old.config.io_uring_task_run {
             tracing::warn!("`io_uring_task_run` changed: takes effect on restart only");
         }
@@ -216,7 +219,10 @@ impl Control {
             // Idempotent (the tables are built once per process), and off the workers.
             let _ = std::thread::Builder::new()
                 .name("sluice-bpe-warmup".into())
-                .spawn(crate::inspect::estimate::warm_up);
+                .spawn(|| {
+                    crate::background::lower_priority();
+                    crate::inspect::estimate::warm_up()
+                });
         }
         let snap = match Snapshot::build(cfg, generation, Some(&old)) {
             Ok(s) => Arc::new(s),
@@ -257,6 +263,8 @@ impl Control {
 /// Run the proxy until it has drained. Returns after a clean drain.
 pub fn run(path: PathBuf) -> Result<(), StartError> {
     let cfg = config::load(&path)?;
+    // Before any background thread starts (restart-only, like io_uring_task_run).
+    crate::background::set_nice(cfg.background_thread_nice);
 
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -316,7 +324,10 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
         // a helper thread, so no worker ever stalls on the first estimate.
         let _ = std::thread::Builder::new()
             .name("sluice-bpe-warmup".into())
-            .spawn(crate::inspect::estimate::warm_up);
+            .spawn(|| {
+                crate::background::lower_priority();
+                crate::inspect::estimate::warm_up()
+            });
     }
 
     for (name, addr) in &listener_addrs {
@@ -398,12 +409,18 @@ pub fn run(path: PathBuf) -> Result<(), StartError> {
         let admin = admin.clone();
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || admin::serve_role(listener, admin, role))
+            .spawn(move || {
+                crate::background::lower_priority();
+                admin::serve_role(listener, admin, role)
+            })
             .map_err(|e| StartError::Worker(e.to_string()))?;
     }
     std::thread::Builder::new()
         .name("sluice-admin".into())
-        .spawn(move || admin::serve(admin_listener, admin))
+        .spawn(move || {
+            crate::background::lower_priority();
+            admin::serve(admin_listener, admin)
+        })
         .map_err(|e| StartError::Worker(e.to_string()))?;
 
     let control = Arc::new(Control {
@@ -455,6 +472,7 @@ fn start_signal_thread(control: Arc<Control>) -> Result<(), StartError> {
     std::thread::Builder::new()
         .name("sluice-signals".into())
         .spawn(move || {
+            crate::background::lower_priority();
             for sig in signals.forever() {
                 match sig {
                     SIGHUP => control.reload("SIGHUP"),
@@ -477,6 +495,7 @@ fn start_watch_thread(control: Arc<Control>) {
     let _ = std::thread::Builder::new()
         .name("sluice-watch".into())
         .spawn(move || {
+            crate::background::lower_priority();
             let mut last = std::fs::read(&control.path).ok();
             let mut last_dns = Instant::now();
             loop {

@@ -209,7 +209,10 @@ pub fn start(
     let d2 = dropped.clone();
     let h = std::thread::Builder::new()
         .name("sluice-telemetry".into())
-        .spawn(move || run(rx, d2, access_log, otel, prometheus))
+        .spawn(move || {
+            crate::background::lower_priority();
+            run(rx, d2, access_log, otel, prometheus)
+        })
         .expect("spawn telemetry thread");
     (TelemetryTx { tx, dropped }, h)
 }

@@ -211,6 +211,11 @@ pub struct Config {
     /// How the kernel runs io_uring completion work for a worker's ring (read at start-up).
     #[serde(default)]
     pub io_uring_task_run: IoUringTaskRun,
+    /// Nice value of every thread that is not a worker (telemetry, exporters, admin, watcher,
+    /// Redis client), so a worker keeps its core against them; 0 = same priority. Read at
+    /// start-up. See `src/background.rs`.
+    #[serde(default = "background_thread_nice_default")]
+    pub background_thread_nice: i32,
     #[serde(default)]
     pub access_log: AccessLogConfig,
     #[serde(default)]
@@ -458,6 +463,10 @@ fn caller_labels_max_default() -> usize {
 }
 fn model_labels_max_default() -> usize {
     MODEL_LABELS_MAX_DEFAULT
+}
+
+fn background_thread_nice_default() -> i32 {
+    crate::background::BACKGROUND_THREAD_NICE_DEFAULT
 }
 
 fn telemetry_flush_interval_ms_default() -> u64 {
@@ -796,8 +805,49 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     if v.errors.is_empty() {
         Ok(cfg)
     } else {
+        // Scalar fields are not `Loc`-wrapped: find their line in the text.
+        for e in v.errors.iter_mut().filter(|e| e.line == 0) {
+            e.line = field_line(text, &e.field);
+        }
         Err(ConfigErrors(v.errors))
     }
+}
+
+/// Line (1-based) of a top-level `field`, or of `parent.child` (block or flow style), in the
+/// YAML `text`; 0 when it is not written there (a default value, or a list element).
+fn field_line(text: &str, field: &str) -> u64 {
+    let mut parts = field.split('.');
+    let Some(top) = parts.next().filter(|t| !t.is_empty() && !t.contains('[')) else {
+        return 0;
+    };
+    let key_at = |line: &str, key: &str| {
+        line.find(key).is_some_and(|i| {
+            let before = line[..i].chars().next_back();
+            let after = line[i + key.len()..].trim_start();
+            matches!(before, None | Some(' ' | '{' | ',')) && after.starts_with(':')
+        })
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = lines
+        .iter()
+        .position(|l| !l.starts_with([' ', '\t', '#']) && key_at(l, top))
+    else {
+        return 0;
+    };
+    let Some(child) = parts.next() else {
+        return start as u64 + 1;
+    };
+    // The child inside the parent's block: up to the next top-level line.
+    for (i, l) in lines.iter().enumerate().skip(start) {
+        if i > start && !l.is_empty() && !l.starts_with([' ', '\t', '#']) {
+            break;
+        }
+        let body = if i == start { &l[top.len()..] } else { l };
+        if key_at(body, child) {
+            return i as u64 + 1;
+        }
+    }
+    start as u64 + 1
 }
 
 /// serde-saphyr renders a snippet under the message; keep the message line only.
@@ -886,6 +936,17 @@ impl Validator<'_> {
         }
         if c.watch_interval_ms == 0 {
             self.err(0, "watch_interval_ms", "must be > 0");
+        }
+        if !(0..=crate::background::BACKGROUND_THREAD_NICE_MAX).contains(&c.background_thread_nice)
+        {
+            self.err(
+                0,
+                "background_thread_nice",
+                format!(
+                    "must be 0..={} (a nice value; 0 = same priority as the workers)",
+                    crate::background::BACKGROUND_THREAD_NICE_MAX
+                ),
+            );
         }
         if c.listeners.is_empty() {
             self.err(0, "listeners", "at least one listener is required");
@@ -1339,6 +1400,31 @@ upstreams:
         );
         let e = parse("t.yaml", &bad).unwrap_err().to_string();
         assert!(e.contains("admin.health_bind"), "{e}");
+    }
+
+    #[test]
+    fn scalar_field_errors_name_their_line() {
+        let bad = GOOD.replace(
+            "workers: 2",
+            "workers: 2\nbackground_thread_nice: 25\nbusy_poll_us: 999999",
+        );
+        let e = parse("t.yaml", &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("t.yaml:3: background_thread_nice: must be 0..=19"),
+            "{e}"
+        );
+        assert!(e.contains("t.yaml:4: busy_poll_us"), "{e}");
+        // Nested, in block and in flow style.
+        let block = format!("{GOOD}telemetry:\n  queue_batches_max: 4\n  flush_interval_ms: 0\n");
+        let e = parse("t.yaml", &block).unwrap_err().to_string();
+        assert!(e.contains("t.yaml:16: telemetry.flush_interval_ms"), "{e}");
+        let flow = format!("{GOOD}telemetry: {{ flush_interval_ms: 0 }}\n");
+        let e = parse("t.yaml", &flow).unwrap_err().to_string();
+        assert!(e.contains("t.yaml:14: telemetry.flush_interval_ms"), "{e}");
+        assert_eq!(field_line("a: 1\n", "b"), 0);
+        assert_eq!(field_line("ab: 1\nb: 2\n", "b"), 2);
+        assert_eq!(field_line("x:\n  ab: 1\n  b: 2\n", "x.b"), 3);
+        assert_eq!(field_line("x:\n  a: 1\ny:\n  b: 2\n", "x.b"), 1);
     }
 
     #[test]

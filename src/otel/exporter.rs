@@ -142,6 +142,7 @@ pub fn start(cfg: &OtelConfig) -> (OtelTx, OtelHandle) {
     match std::thread::Builder::new()
         .name("sluice-otel".into())
         .spawn(move || {
+            crate::background::lower_priority();
             exporter.run();
             let _ = done_tx.send(());
         }) {

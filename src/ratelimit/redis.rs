@@ -220,7 +220,10 @@ pub fn leases_for(cfg: &RedisConfig) -> Result<Arc<Leases>, String> {
     let thread_up = up.clone();
     std::thread::Builder::new()
         .name("sluice-ratelimit-redis".into())
-        .spawn(move || run(thread_cfg, rx, thread_up))
+        .spawn(move || {
+            crate::background::lower_priority();
+            run(thread_cfg, rx, thread_up)
+        })
         .map_err(|e| format!("rate_limit.redis: cannot start the lease thread: {e}"))?;
     let l = Arc::new(Leases {
         cfg: cfg.clone(),

@@ -64,9 +64,12 @@ fn registry() -> &'static Mutex<Vec<Watched>> {
     R.get_or_init(|| {
         let spawned = std::thread::Builder::new()
             .name("sluice-tls-watch".into())
-            .spawn(|| loop {
-                std::thread::sleep(Duration::from_millis(TLS_WATCH_INTERVAL_MS));
-                poll_once();
+            .spawn(|| {
+                crate::background::lower_priority();
+                loop {
+                    std::thread::sleep(Duration::from_millis(TLS_WATCH_INTERVAL_MS));
+                    poll_once();
+                }
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the certificate watcher; certificates will not rotate");

@@ -247,3 +247,30 @@ def test_access_log_json_lines(mock, sluice_factory, tmp_path):
     assert line["request_id"] == "rid-1" and line["status"] == 200 and line["upstream"] == "mock"
     assert line["path"] == "/v1/chat/completions?x=1" and line["method"] == "POST"
     assert "SECRET PROMPT" not in log.read_text()
+
+
+def _thread_nices(pid):
+    """{thread name: nice} of a process, from /proc/PID/task/*/stat (field 19 is nice)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out.setdefault(name, set()).add(int(fields[16]))
+    return out
+
+
+def test_background_threads_run_below_the_workers(proxy):
+    """Telemetry, admin and watcher threads run at background_thread_nice (10 by default);
+    workers keep the process's priority, so they win a shared core."""
+    raw_exchange(proxy.port, post(proxy.port, "/v1/chat/completions", chat_body(), {"Connection": "close"}))
+    nices = _thread_nices(proxy.proc.pid)
+    base = os.getpriority(os.PRIO_PROCESS, proxy.proc.pid)
+    workers = {n: v for n, v in nices.items() if n.startswith("sluice-worker")}
+    assert workers and all(v == {base} for v in workers.values()), nices
+    for name in ("sluice-telemetr", "sluice-admin", "sluice-watch"):  # comm is cut at 15 bytes
+        assert nices.get(name) == {max(base, 10)}, (name, nices)
