@@ -362,8 +362,15 @@ fn goals(reports: &[CompareReport]) -> String {
             ("sluice", "sluice (default ring)"),
             ("sluice-coop", "sluice, `io_uring_task_run: coop`"),
             ("sluice-defer", "sluice, `io_uring_task_run: defer`"),
+            (
+                "sluice-nice0",
+                "sluice, `background_thread_nice: 0` (background threads at the worker's priority)",
+            ),
         ] {
             let v = tail(t);
+            if v.is_none() {
+                continue;
+            }
             let pr = paired_in(reports, "chat-rate-2000", "socat", t, "direct");
             s.push_str(&format!(
                 "| added latency p99, {what} | chat-rate-2000 with compare-tail.yaml | {} (p50 {}) | - | ≤ 100 us | {} |\n",
