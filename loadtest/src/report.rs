@@ -395,6 +395,34 @@ fn goals(reports: &[CompareReport]) -> String {
             ));
         }
     }
+    // The same on one core (compare-tail-onecore.yaml): no cross-vCPU wake-up in the path.
+    for (t, what, goal) in [
+        ("sluice-1core", "sluice, everything on one core", true),
+        ("nginx-1core", "nginx, everything on one core", false),
+        ("socat-1core", "socat, everything on one core", false),
+    ] {
+        let l = find_with(reports, "chat-rate-2000", "socat-1core", t)
+            .and_then(|x| x.result.as_ref())
+            .map(|r| r.latency_us.clone());
+        let d = find_with(reports, "chat-rate-2000", "socat-1core", "direct")
+            .and_then(|x| x.result.as_ref())
+            .map(|r| r.latency_us.clone());
+        let Some((a, b)) = l.zip(d) else { continue };
+        let v99 = Some(a.p99 as i64 - b.p99 as i64);
+        let v50 = Some(a.p50 as i64 - b.p50 as i64);
+        let pr = paired_in(reports, "chat-rate-2000", "socat-1core", t, "direct");
+        s.push_str(&format!(
+            "| added latency p99, {what} | chat-rate-2000 with compare-tail-onecore.yaml | {} (p50 {}) | - | {} | {} |\n",
+            delta_text(v99, pr, Pct::P99),
+            us(v50),
+            if goal { "≤ 100 us" } else { "(context)" },
+            if goal {
+                verdict(judged(v99, pr, Pct::P99).map(|v| v <= 100))
+            } else {
+                "-"
+            },
+        ));
+    }
     // TTFT overhead.
     let td = ttft("chat-sse", "direct");
     let tover = |t: &str| {
