@@ -1515,11 +1515,18 @@ impl<'a> Exchange<'a> {
         idle_ms: u64,
     ) -> Result<Buffered, ProxyError> {
         let idle = Duration::from_millis(idle_ms);
-        let mut body = Vec::new();
+        // A Content-Length body's wire bytes are its decoded bytes: it needs no raw copy (for
+        // the over-limit case) and its size is known up front (one allocation).
+        let length_framed = matches!(decoder.kind(), BodyKind::Length(_));
+        let mut body = match decoder.bytes_remaining_hint() {
+            Some(n) if length_framed => Vec::with_capacity((n as usize).min(limit + 1)),
+            _ => Vec::new(),
+        };
         let mut raw_len = 0usize;
         let mut raw_kept: Vec<u8> = Vec::new();
         loop {
             let mut over = false;
+            let before = body.len();
             let p = decoder.advance(rbuf, |d| {
                 if body.len() + d.len() > limit {
                     over = true;
@@ -1527,13 +1534,21 @@ impl<'a> Exchange<'a> {
                     body.extend_from_slice(d);
                 }
             })?;
-            raw_kept.extend_from_slice(&rbuf[..p.consumed]);
+            if !length_framed {
+                raw_kept.extend_from_slice(&rbuf[..p.consumed]);
+            }
             raw_len += p.consumed;
-            rbuf.drain(..p.consumed);
             if over {
                 // Forward what was read as it came; the rest streams after it.
+                if length_framed {
+                    body.truncate(before);
+                    body.extend_from_slice(&rbuf[..p.consumed]);
+                    raw_kept = body;
+                }
+                rbuf.drain(..p.consumed);
                 return Ok(Buffered::OverLimit(raw_kept));
             }
+            rbuf.drain(..p.consumed);
             if p.done {
                 return Ok(Buffered::Whole(body, raw_len));
             }

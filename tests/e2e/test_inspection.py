@@ -387,6 +387,32 @@ def test_over_limit_pass_forwards_uninspected(mock, sluice_factory):
     assert s.metric("sluice_gen_ai_uninspected_total", caller="big") == 1
 
 
+def test_over_limit_chunked_body_is_forwarded_as_it_came(mock, sluice_factory):
+    """A chunked body over body_bytes_max, arriving in several reads: the part sluice read while
+    buffering and the rest it streams reach the upstream as the same body, counted uninspected."""
+    import socket
+    s = start(sluice_factory, mock.addr, inspect="{ body_bytes_max: 2048, over_limit: pass }")
+    body = big_body()
+    parts = [body[i:i + 1500] for i in range(0, len(body), 1500)]
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"x-sluice-caller: chunky\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.sendall(head)
+        for p in parts:
+            c.sendall(b"%x\r\n" % len(p) + p + b"\r\n")
+            time.sleep(0.05)  # separate reads on sluice's side
+        c.sendall(b"0\r\n\r\n")
+        out = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 200"), out[:200]
+    assert mock.requests()[-1]["body"] == body.decode()
+    assert wait_metric(s, "sluice_gen_ai_uninspected_total", 1, caller="chunky") == 1
+
+
 def test_compressed_request_on_inspect_only_route_is_uninspected(mock, sluice_factory):
     import gzip
     s = start(sluice_factory, mock.addr, inspect="{ include_usage: inject }")
