@@ -19,7 +19,7 @@ use regex::Regex;
 use sha2::Sha256;
 
 use super::config::{CompressedPolicy, PiiConfig};
-use super::context::CtxDfa;
+use super::context::{CtxDfa, CtxScan};
 use super::entity::{
     Action, Entity, Finding, BUILTIN_ENTITIES, IBAN_BYTES_MAX, IP_BYTES_MAX, PEM_HEADER_BYTES_MAX,
 };
@@ -672,12 +672,14 @@ impl Engine {
                 }
             }
         }
-        // start filter, context, threshold: one pass
+        // start filter, context, threshold: one pass; the context windows share one
+        // automaton pass where they overlap
+        let mut ctx = None;
         out.retain_mut(|f| {
             if f.start < min_start {
                 return false;
             }
-            self.apply_context(t, f);
+            self.apply_context(t, &mut ctx, f);
             f.confidence >= d.threshold
         });
         if out.is_empty() {
@@ -919,8 +921,11 @@ impl Engine {
         }
     }
 
-    fn apply_context(&self, t: &[u8], f: &mut Finding) {
+    /// Context scoring of one finding; `ctx` is the scan's shared context-word pass, created at
+    /// the first window.
+    fn apply_context<'a>(&'a self, t: &'a [u8], ctx: &mut Option<CtxScan<'a>>, f: &mut Finding) {
         let d = &*self.det;
+        let Some(dfa) = &d.ctx_dfa else { return };
         let numeric = matches!(
             f.entity,
             Entity::Ssn
@@ -930,7 +935,6 @@ impl Engine {
                 | Entity::Iban
                 | Entity::Custom(_)
         );
-        let Some(dfa) = &d.ctx_dfa else { return };
         if !numeric {
             return;
         }
@@ -942,28 +946,25 @@ impl Engine {
         let ws = f.start.saturating_sub(d.window_bytes);
         let we = (f.end + d.window_bytes).min(t.len());
         let (mut pos, mut neg) = (false, false);
-        let win = &t[ws..we];
-        let mut at = 0;
-        while let Some((pid, ms, me)) = dfa.next_match(win, at) {
-            at = me;
-            let (s, e) = (ws + ms, ws + me);
+        // the same matches as scanning `t[ws..we]` alone (see `CtxScan`)
+        let ctx = ctx.get_or_insert_with(|| CtxScan::new(dfa, t));
+        ctx.window(ws, we, |m| {
+            let (s, e) = (m.start, m.end);
             if (s > 0 && v::is_word(t[s - 1])) || (e < t.len() && v::is_word(t[e])) {
-                continue;
+                return true;
             }
             if s < f.end && e > f.start {
-                continue; // inside the match itself
+                return true; // inside the match itself
             }
-            for w in d.ctx_words.get(pid).map_or(&[][..], |v| &v[..]) {
+            for w in d.ctx_words.get(m.pid).map_or(&[][..], |v| &v[..]) {
                 if w.positive {
                     pos |= w.entity == Some(f.entity);
                 } else {
                     neg = true;
                 }
             }
-            if pos && neg {
-                break; // nothing further can change the score
-            }
-        }
+            !(pos && neg) // once both are seen nothing further can change the score
+        });
         if pos {
             f.confidence += d.boost;
         }
