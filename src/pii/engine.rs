@@ -135,6 +135,20 @@ struct CustomRx {
     max_len_bytes: usize,
 }
 
+/// What one context word (all its configured meanings) says, as tested per match: the
+/// entities it is positive for as a bit set over [`slot`]s below 64, whether it is positive for
+/// any entity at a higher slot (then the word's [`CtxWord`] list decides), and whether it is
+/// negative.
+#[derive(Debug, Clone, Copy, Default)]
+struct CtxMeaning {
+    positive: u64,
+    positive_high: bool,
+    negative: bool,
+}
+
+/// Entity slots a [`CtxMeaning`] bit set covers.
+const CTX_MEANING_SLOTS: usize = 64;
+
 #[derive(Debug, Clone)]
 struct CtxWord {
     positive: bool,
@@ -168,6 +182,8 @@ struct Detector {
     /// Context words (see [`super::context`] for why not `AhoCorasick::find_iter`).
     ctx_dfa: Option<CtxDfa>,
     ctx_words: Vec<Vec<CtxWord>>,
+    /// `ctx_words` folded per word (one lookup per context match).
+    ctx_meanings: Vec<CtxMeaning>,
     window_bytes: usize,
     threshold: f32,
     boost: f32,
@@ -442,6 +458,23 @@ impl Engine {
             }
         }
         let ctx_words = meanings;
+        let ctx_meanings = ctx_words
+            .iter()
+            .map(|ws| {
+                let mut m = CtxMeaning::default();
+                for w in ws {
+                    match (w.positive, w.entity) {
+                        (true, Some(e)) if slot(e) < CTX_MEANING_SLOTS => {
+                            m.positive |= 1 << slot(e)
+                        }
+                        (true, Some(_)) => m.positive_high = true,
+                        (true, None) => {}
+                        (false, _) => m.negative = true,
+                    }
+                }
+                m
+            })
+            .collect();
         let ctx_dfa = if uniq.is_empty() {
             None
         } else {
@@ -497,6 +530,7 @@ impl Engine {
             dict_entity,
             ctx_dfa,
             ctx_words,
+            ctx_meanings,
             window_bytes: c.window_bytes,
             threshold: c.threshold,
             boost: c.boost,
@@ -946,6 +980,7 @@ impl Engine {
         let ws = f.start.saturating_sub(d.window_bytes);
         let we = (f.end + d.window_bytes).min(t.len());
         let (mut pos, mut neg) = (false, false);
+        let entity_bit = 1u64.checked_shl(slot(f.entity) as u32).unwrap_or(0);
         // the same matches as scanning `t[ws..we]` alone (see `CtxScan`)
         let ctx = ctx.get_or_insert_with(|| CtxScan::new(dfa, t));
         ctx.window(ws, we, |m| {
@@ -956,11 +991,14 @@ impl Engine {
             if s < f.end && e > f.start {
                 return true; // inside the match itself
             }
-            for w in d.ctx_words.get(m.pid).map_or(&[][..], |v| &v[..]) {
-                if w.positive {
-                    pos |= w.entity == Some(f.entity);
-                } else {
-                    neg = true;
+            let Some(meaning) = d.ctx_meanings.get(m.pid) else {
+                return true;
+            };
+            pos |= meaning.positive & entity_bit != 0;
+            neg |= meaning.negative;
+            if meaning.positive_high {
+                for w in d.ctx_words.get(m.pid).map_or(&[][..], |v| &v[..]) {
+                    pos |= w.positive && w.entity == Some(f.entity);
                 }
             }
             !(pos && neg) // once both are seen nothing further can change the score
