@@ -216,8 +216,8 @@ impl CtxDfa {
     /// would).
     ///
     /// Steps four bytes per test while no special (match or dead) state is reached (one OR of
-    /// the four flagged states); a block that reaches one is re-stepped byte by byte, so the
-    /// states visited are exactly those of the one-byte loop.
+    /// the four flagged states); in a block that reaches one, stepping continues after the
+    /// first special state, so the states visited are exactly those of the one-byte loop.
     #[inline(always)]
     pub(crate) fn advance(&self, t: &[u8], end: usize, sr: &mut Search) -> Outcome {
         const BLOCK_BYTES: usize = 4;
@@ -231,40 +231,61 @@ impl CtxDfa {
         // it (by construction), so the mask never changes an index other than by stripping
         // `SPECIAL_FLAG`; it also lets the compiler drop the bounds check
         let mask = trans.len() - 1;
-        let step = |s: u32, b: u8| trans[(s as usize + usize::from(class[usize::from(b)])) & mask];
-        let mut s = sr.state;
+        let step = |s: usize, b: u8| {
+            trans[(s + usize::from(class[usize::from(b)])) & mask] as usize
+        };
+        const FLAG: usize = SPECIAL_FLAG as usize;
+        let mut s = sr.state as usize;
         let mut k = sr.at;
         loop {
+            // four bytes per test; at a block that reached a special state, continue from the
+            // first special state in it (the states before it are the one-byte loop's)
+            let mut special = false;
             for c in hay[k..].chunks_exact(BLOCK_BYTES) {
                 let s1 = step(s, c[0]);
                 let s2 = step(s1, c[1]);
                 let s3 = step(s2, c[2]);
                 let s4 = step(s3, c[3]);
-                if (s1 | s2 | s3 | s4) & SPECIAL_FLAG != 0 {
+                if (s1 | s2 | s3 | s4) & FLAG != 0 {
+                    (s, k) = if s1 & FLAG != 0 {
+                        (s1, k + 1)
+                    } else if s2 & FLAG != 0 {
+                        (s2, k + 2)
+                    } else if s3 & FLAG != 0 {
+                        (s3, k + 3)
+                    } else {
+                        (s4, k + 4)
+                    };
+                    special = true;
                     break;
                 }
                 s = s4;
                 k += BLOCK_BYTES;
             }
-            let stop = (k + BLOCK_BYTES).min(hay.len());
-            if k == stop {
-                sr.at = k;
-                sr.state = s;
-                return Outcome::Paused;
-            }
-            while k < stop {
-                s = step(s, hay[k]);
-                k += 1;
-                if s & SPECIAL_FLAG != 0 {
-                    let id = s & !SPECIAL_FLAG;
-                    match self.matches.get(id as usize) {
-                        Some(Some(_)) => {
-                            sr.mat_state = id;
-                            sr.mat_end = k;
+            if !special {
+                // fewer than four bytes left: one at a time
+                match hay.get(k) {
+                    Some(&b) => {
+                        s = step(s, b);
+                        k += 1;
+                        if s & FLAG == 0 {
+                            continue;
                         }
-                        _ => return Outcome::Done(self.pending(sr)), // dead
+                    }
+                    None => {
+                        sr.at = k;
+                        sr.state = s as u32;
+                        return Outcome::Paused;
                     }
                 }
+            }
+            let id = s & !FLAG;
+            match self.matches.get(id) {
+                Some(Some(_)) => {
+                    sr.mat_state = id as u32;
+                    sr.mat_end = k;
+                }
+                _ => return Outcome::Done(self.pending(sr)), // dead
             }
         }
     }

@@ -957,6 +957,10 @@ impl Engine {
 
     /// Context scoring of one finding; `ctx` is the scan's shared context-word pass, created at
     /// the first window.
+    /// Context scoring of one finding when its words can change the outcome; `ctx` is the
+    /// scan's shared context-word pass, created at the first window. The cheap test is inlined
+    /// into the caller's loop (most findings need no window).
+    #[inline]
     fn apply_context<'a>(&'a self, t: &'a [u8], ctx: &mut Option<CtxScan<'a>>, f: &mut Finding) {
         let d = &*self.det;
         let Some(dfa) = &d.ctx_dfa else { return };
@@ -977,12 +981,18 @@ impl Engine {
         if !could_drop && !could_rise {
             return;
         }
+        self.score_window(t, ctx.get_or_insert_with(|| CtxScan::new(dfa, t)), f);
+    }
+
+    /// Adds `boost` for a positive word of `f`'s entity and subtracts `penalty` for a negative
+    /// word within `window_bytes` of `f` (whole words, not inside `f`).
+    fn score_window(&self, t: &[u8], ctx: &mut CtxScan<'_>, f: &mut Finding) {
+        let d = &*self.det;
         let ws = f.start.saturating_sub(d.window_bytes);
         let we = (f.end + d.window_bytes).min(t.len());
         let (mut pos, mut neg) = (false, false);
         let entity_bit = 1u64.checked_shl(slot(f.entity) as u32).unwrap_or(0);
         // the same matches as scanning `t[ws..we]` alone (see `CtxScan`)
-        let ctx = ctx.get_or_insert_with(|| CtxScan::new(dfa, t));
         ctx.window(ws, we, |m| {
             let (s, e) = (m.start, m.end);
             if (s > 0 && v::is_word(t[s - 1])) || (e < t.len() && v::is_word(t[e])) {
