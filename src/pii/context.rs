@@ -231,9 +231,8 @@ impl CtxDfa {
         // it (by construction), so the mask never changes an index other than by stripping
         // `SPECIAL_FLAG`; it also lets the compiler drop the bounds check
         let mask = trans.len() - 1;
-        let step = |s: usize, b: u8| {
-            trans[(s + usize::from(class[usize::from(b)])) & mask] as usize
-        };
+        let step =
+            |s: usize, b: u8| trans[(s + usize::from(class[usize::from(b)])) & mask] as usize;
         const FLAG: usize = SPECIAL_FLAG as usize;
         let mut s = sr.state as usize;
         let mut k = sr.at;
@@ -530,9 +529,33 @@ mod tests {
 
     /// Words, their prefixes, case variants and separators, glued at random into haystacks.
     const PIECES: &[&str] = &[
-        "ss", "ssn", "SSNs", "social ", "Social Sec", "urity", "#", "ip", "IP addr", "ess", "v",
-        "Ver", "sion", "p", "o", "text", " me", "tel", "ephone", "c", "card", "holder", " ", "x",
-        "é", "1", "-",
+        "ss",
+        "ssn",
+        "SSNs",
+        "social ",
+        "Social Sec",
+        "urity",
+        "#",
+        "ip",
+        "IP addr",
+        "ess",
+        "v",
+        "Ver",
+        "sion",
+        "p",
+        "o",
+        "text",
+        " me",
+        "tel",
+        "ephone",
+        "c",
+        "card",
+        "holder",
+        " ",
+        "x",
+        "é",
+        "1",
+        "-",
     ];
 
     fn xorshift(seed: &mut u64) -> u64 {
@@ -592,13 +615,30 @@ mod tests {
     #[test]
     fn shared_windows_equal_per_window_scans() {
         let mut extended = builtin_words();
-        for w in ["ab", "abcd", "bc", "social security number", "v1", "x-1", "ssx", "ec c"] {
+        for w in [
+            "ab",
+            "abcd",
+            "bc",
+            "social security number",
+            "v1",
+            "x-1",
+            "ssx",
+            "ec c",
+        ] {
             extended.push(w.to_string());
         }
         let mut pieces: Vec<&str> = PIECES.to_vec();
         pieces.extend([
-            "ab", "abc", "bcd", "d", " number", "10.20.30.40", "(212) 555-0142", "v v v v v v ",
-            "ip ip ip ip ip ip ip ip ip ", ", then some words follow here. ",
+            "ab",
+            "abc",
+            "bcd",
+            "d",
+            " number",
+            "10.20.30.40",
+            "(212) 555-0142",
+            "v v v v v v ",
+            "ip ip ip ip ip ip ip ip ip ",
+            ", then some words follow here. ",
         ]);
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut text = String::new();
@@ -617,8 +657,8 @@ mod tests {
                     let r = xorshift(&mut seed);
                     ws = match r % 8 {
                         0 => (r >> 8) as usize % (t.len() + 1), // anywhere, also backwards
-                        1 => ws,                                 // same start
-                        _ => ws + (r >> 8) as usize % 40,        // forward, mostly overlapping
+                        1 => ws,                                // same start
+                        _ => ws + (r >> 8) as usize % 40,       // forward, mostly overlapping
                     };
                     let ws = ws.min(t.len());
                     let we = (ws + (r >> 16) as usize % 130).min(t.len());
