@@ -1,25 +1,31 @@
 //! The context-word automaton: a compact copy of an `aho_corasick` DFA (ASCII case-insensitive,
-//! leftmost-longest) stepped by a minimal loop.
+//! leftmost-longest) stepped by a minimal loop, and [`CtxScan`], which answers the context
+//! windows of one scan from one shared pass of it.
 //!
 //! Why it exists: the engine scores every ambiguous numeric finding (IPv4, and SSN/phone shapes
 //! whose confidence a penalty can push under the threshold) by searching the ~100 bytes around
 //! it for context words. On dense PII that is ~500 windows per 64 KiB, and
 //! `AhoCorasick::find_iter` spent more on per-call set-up (input validation, prefilter and
-//! match-kind dispatch) and bounds-checked generic stepping than on the bytes themselves.
+//! match-kind dispatch) and bounds-checked generic stepping than on the bytes themselves; and
+//! neighbouring windows overlap (phone and IPv4 windows by about half in the dense corpus), so
+//! scanning each window alone stepped many bytes twice.
 //!
 //! Invariants:
 //! * Same matches as `AhoCorasick::find_iter` with `MatchKind::LeftmostLongest` on the same
 //!   haystack slice: the table is built by walking the crate's own DFA (`next_state` for every
-//!   reachable state and byte), and [`CtxDfa::next_match`] is the crate's forward search without
-//!   prefilter (remember the last match state, stop at the dead state, resume at the match end).
+//!   reachable state and byte), and a search ([`CtxDfa::advance`]) is the crate's forward search
+//!   without prefilter (remember the last match state, stop at the dead state, resume at the
+//!   match end). A search can pause at a haystack end and resume later with the same states.
+//! * [`CtxScan::window`] gives each window exactly the matches of scanning the window slice
+//!   alone; the argument is on [`CtxScan`], the test is `shared_windows_equal_per_window_scans`.
 //! * Byte classes are derived from the DFA's columns (bytes with identical transitions from every
 //!   state share a class), so the table is `states × classes`, a few KiB for the built-in words.
-//! * Special states (dead, match) are numbered first, so one comparison tells whether a state is
-//!   special; the loop steps four bytes and compares the lowest of the four states once, and a
-//!   block that reached a special state is re-stepped byte by byte (same states, same matches).
-//! * The table length is a power of two and every valid index is below `states × classes`, so
-//!   masking the index changes nothing and lets the compiler drop the per-byte bounds check
-//!   (no `unsafe`); the padding is never reached.
+//! * A transition into a special state (dead, match) carries [`SPECIAL_FLAG`] (bit 31), so the
+//!   loop steps four bytes and tests the OR of the four states once; in a block that reached a
+//!   special state it continues from the first one (same states, same matches).
+//! * The table length is a power of two (at most bit 31) and every valid index is below
+//!   `states × classes`, so masking the index changes nothing but strip the flag, and lets the
+//!   compiler drop the per-byte bounds check (no `unsafe`); the padding is never reached.
 
 use std::collections::HashMap;
 
@@ -347,8 +353,8 @@ enum Resolved {
 /// Context-word matches of many windows over one text, sharing one automaton pass where the
 /// windows overlap (on dense PII the phone and IPv4 windows overlap by about half).
 ///
-/// Each window's answer must be exactly what [`CtxDfa::next_match`] iterated over the window
-/// slice alone gives: the chain of leftmost-longest searches `LL(r, we)` (the match with the
+/// Each window's answer must be exactly what iterating fresh searches ([`CtxDfa::advance`])
+/// over the window slice alone gives: the chain of leftmost-longest searches `LL(r, we)` (the match with the
 /// smallest start `>= r` that ends `<= we`, the longest at that start), restarting at each match
 /// end, from `r = ws`. The scanner keeps one such chain over the text (the results of its
 /// completed searches and the search in progress) and answers a window's search from `r` by the
