@@ -677,7 +677,7 @@ mod tests {
                         })
                         .collect();
                     // stop after `keep` matches now and then, as the engine does
-                    let keep = if r % 5 == 0 {
+                    let keep = if r.is_multiple_of(5) {
                         (r >> 24) as usize % 3
                     } else {
                         usize::MAX
