@@ -486,6 +486,9 @@ impl<'a> CtxScan<'a> {
                             self.done[(self.head + self.len) % CHAIN_SEARCHES_MAX] = m;
                             self.len += 1;
                             self.cur = self.dfa.search_at(m.end);
+                            if r < m.end {
+                                return classify(m); // the search just completed covers `r`
+                            }
                             continue;
                         }
                         Outcome::Done(None) => {
