@@ -955,8 +955,6 @@ impl Engine {
         }
     }
 
-    /// Context scoring of one finding; `ctx` is the scan's shared context-word pass, created at
-    /// the first window.
     /// Context scoring of one finding when its words can change the outcome; `ctx` is the
     /// scan's shared context-word pass, created at the first window. The cheap test is inlined
     /// into the caller's loop (most findings need no window).
@@ -1414,6 +1412,33 @@ mod tests {
         let h = |s: &str| s[s.find("[EMAIL:").unwrap_or(0)..][..16].to_string();
         assert_eq!(h(&out), h(&o2));
         assert!(Engine::new(&cfg).is_err());
+    }
+
+    /// Context words of custom entities beyond the 64 slots of the per-word bit set (the
+    /// `positive_high` path) boost only their own entity.
+    #[test]
+    fn context_words_of_high_custom_slots() {
+        let patterns: Vec<String> = (0..60)
+            .map(|i| {
+                format!(
+                    r#"{{"name":"C{i}","pattern":"K{i}X-[0-9]{{4}}","anchor":"K{i}X-","confidence":0.3}}"#
+                )
+            })
+            .collect();
+        let cfg: PiiConfig = serde_json::from_str(&format!(
+            r#"{{"custom_patterns":[{}],
+                "context":{{"positive":{{"C59":["zeta"],"C3":["eta"],"C58":["zeta"]}}}}}}"#,
+            patterns.join(",")
+        ))
+        .expect("cfg");
+        let e = Engine::new(&cfg).expect("engine");
+        let found = |s: &str| tags(&e, s).into_iter().map(|(t, _)| t).collect::<Vec<_>>();
+        assert_eq!(found("zeta K59X-1234"), ["C59"]); // slot 70: list path
+        assert_eq!(found("zeta K58X-1234"), ["C58"]);
+        assert!(found("eta K59X-1234").is_empty());
+        assert!(found("zeta K3X-1234").is_empty()); // slot 14: bit set path
+        assert_eq!(found("eta K3X-1234"), ["C3"]);
+        assert!(found("K59X-1234").is_empty());
     }
 
     #[test]
