@@ -19,7 +19,7 @@ use regex::Regex;
 use sha2::Sha256;
 
 use super::config::{CompressedPolicy, PiiConfig};
-use super::context::CtxDfa;
+use super::context::{CtxDfa, CtxScan};
 use super::entity::{
     Action, Entity, Finding, BUILTIN_ENTITIES, IBAN_BYTES_MAX, IP_BYTES_MAX, PEM_HEADER_BYTES_MAX,
 };
@@ -135,6 +135,20 @@ struct CustomRx {
     max_len_bytes: usize,
 }
 
+/// What one context word (all its configured meanings) says, as tested per match: the
+/// entities it is positive for as a bit set over [`slot`]s below 64, whether it is positive for
+/// any entity at a higher slot (then the word's [`CtxWord`] list decides), and whether it is
+/// negative.
+#[derive(Debug, Clone, Copy, Default)]
+struct CtxMeaning {
+    positive: u64,
+    positive_high: bool,
+    negative: bool,
+}
+
+/// Entity slots a [`CtxMeaning`] bit set covers.
+const CTX_MEANING_SLOTS: usize = 64;
+
 #[derive(Debug, Clone)]
 struct CtxWord {
     positive: bool,
@@ -168,6 +182,8 @@ struct Detector {
     /// Context words (see [`super::context`] for why not `AhoCorasick::find_iter`).
     ctx_dfa: Option<CtxDfa>,
     ctx_words: Vec<Vec<CtxWord>>,
+    /// `ctx_words` folded per word (one lookup per context match).
+    ctx_meanings: Vec<CtxMeaning>,
     window_bytes: usize,
     threshold: f32,
     boost: f32,
@@ -442,6 +458,23 @@ impl Engine {
             }
         }
         let ctx_words = meanings;
+        let ctx_meanings = ctx_words
+            .iter()
+            .map(|ws| {
+                let mut m = CtxMeaning::default();
+                for w in ws {
+                    match (w.positive, w.entity) {
+                        (true, Some(e)) if slot(e) < CTX_MEANING_SLOTS => {
+                            m.positive |= 1 << slot(e)
+                        }
+                        (true, Some(_)) => m.positive_high = true,
+                        (true, None) => {}
+                        (false, _) => m.negative = true,
+                    }
+                }
+                m
+            })
+            .collect();
         let ctx_dfa = if uniq.is_empty() {
             None
         } else {
@@ -497,6 +530,7 @@ impl Engine {
             dict_entity,
             ctx_dfa,
             ctx_words,
+            ctx_meanings,
             window_bytes: c.window_bytes,
             threshold: c.threshold,
             boost: c.boost,
@@ -672,12 +706,14 @@ impl Engine {
                 }
             }
         }
-        // start filter, context, threshold: one pass
+        // start filter, context, threshold: one pass; the context windows share one
+        // automaton pass where they overlap
+        let mut ctx = None;
         out.retain_mut(|f| {
             if f.start < min_start {
                 return false;
             }
-            self.apply_context(t, f);
+            self.apply_context(t, &mut ctx, f);
             f.confidence >= d.threshold
         });
         if out.is_empty() {
@@ -919,8 +955,13 @@ impl Engine {
         }
     }
 
-    fn apply_context(&self, t: &[u8], f: &mut Finding) {
+    /// Context scoring of one finding when its words can change the outcome; `ctx` is the
+    /// scan's shared context-word pass, created at the first window. The cheap test is inlined
+    /// into the caller's loop (most findings need no window).
+    #[inline]
+    fn apply_context<'a>(&'a self, t: &'a [u8], ctx: &mut Option<CtxScan<'a>>, f: &mut Finding) {
         let d = &*self.det;
+        let Some(dfa) = &d.ctx_dfa else { return };
         let numeric = matches!(
             f.entity,
             Entity::Ssn
@@ -930,7 +971,6 @@ impl Engine {
                 | Entity::Iban
                 | Entity::Custom(_)
         );
-        let Some(dfa) = &d.ctx_dfa else { return };
         if !numeric {
             return;
         }
@@ -939,31 +979,38 @@ impl Engine {
         if !could_drop && !could_rise {
             return;
         }
+        self.score_window(t, ctx.get_or_insert_with(|| CtxScan::new(dfa, t)), f);
+    }
+
+    /// Adds `boost` for a positive word of `f`'s entity and subtracts `penalty` for a negative
+    /// word within `window_bytes` of `f` (whole words, not inside `f`).
+    fn score_window(&self, t: &[u8], ctx: &mut CtxScan<'_>, f: &mut Finding) {
+        let d = &*self.det;
         let ws = f.start.saturating_sub(d.window_bytes);
         let we = (f.end + d.window_bytes).min(t.len());
         let (mut pos, mut neg) = (false, false);
-        let win = &t[ws..we];
-        let mut at = 0;
-        while let Some((pid, ms, me)) = dfa.next_match(win, at) {
-            at = me;
-            let (s, e) = (ws + ms, ws + me);
+        let entity_bit = 1u64.checked_shl(slot(f.entity) as u32).unwrap_or(0);
+        // the same matches as scanning `t[ws..we]` alone (see `CtxScan`)
+        ctx.window(ws, we, |m| {
+            let (s, e) = (m.start, m.end);
             if (s > 0 && v::is_word(t[s - 1])) || (e < t.len() && v::is_word(t[e])) {
-                continue;
+                return true;
             }
             if s < f.end && e > f.start {
-                continue; // inside the match itself
+                return true; // inside the match itself
             }
-            for w in d.ctx_words.get(pid).map_or(&[][..], |v| &v[..]) {
-                if w.positive {
-                    pos |= w.entity == Some(f.entity);
-                } else {
-                    neg = true;
+            let Some(meaning) = d.ctx_meanings.get(m.pid) else {
+                return true;
+            };
+            pos |= meaning.positive & entity_bit != 0;
+            neg |= meaning.negative;
+            if meaning.positive_high {
+                for w in d.ctx_words.get(m.pid).map_or(&[][..], |v| &v[..]) {
+                    pos |= w.positive && w.entity == Some(f.entity);
                 }
             }
-            if pos && neg {
-                break; // nothing further can change the score
-            }
-        }
+            !(pos && neg) // once both are seen nothing further can change the score
+        });
         if pos {
             f.confidence += d.boost;
         }
@@ -1365,6 +1412,33 @@ mod tests {
         let h = |s: &str| s[s.find("[EMAIL:").unwrap_or(0)..][..16].to_string();
         assert_eq!(h(&out), h(&o2));
         assert!(Engine::new(&cfg).is_err());
+    }
+
+    /// Context words of custom entities beyond the 64 slots of the per-word bit set (the
+    /// `positive_high` path) boost only their own entity.
+    #[test]
+    fn context_words_of_high_custom_slots() {
+        let patterns: Vec<String> = (0..60)
+            .map(|i| {
+                format!(
+                    r#"{{"name":"C{i}","pattern":"K{i}X-[0-9]{{4}}","anchor":"K{i}X-","confidence":0.3}}"#
+                )
+            })
+            .collect();
+        let cfg: PiiConfig = serde_json::from_str(&format!(
+            r#"{{"custom_patterns":[{}],
+                "context":{{"positive":{{"C59":["zeta"],"C3":["eta"],"C58":["zeta"]}}}}}}"#,
+            patterns.join(",")
+        ))
+        .expect("cfg");
+        let e = Engine::new(&cfg).expect("engine");
+        let found = |s: &str| tags(&e, s).into_iter().map(|(t, _)| t).collect::<Vec<_>>();
+        assert_eq!(found("zeta K59X-1234"), ["C59"]); // slot 70: list path
+        assert_eq!(found("zeta K58X-1234"), ["C58"]);
+        assert!(found("eta K59X-1234").is_empty());
+        assert!(found("zeta K3X-1234").is_empty()); // slot 14: bit set path
+        assert_eq!(found("eta K3X-1234"), ["C3"]);
+        assert!(found("K59X-1234").is_empty());
     }
 
     #[test]
