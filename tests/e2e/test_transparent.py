@@ -444,6 +444,12 @@ def test_tls_passes_through_untouched_and_the_sni_is_recorded(pod):
     assert r.stdout.endswith("\n200"), r.stdout + r.stderr
     assert pod.wait_metric("sluice_transparent_tls_connections_total", 1, listener="outbound",
                            sni="model.test") == 1
+    # Relayed bytes are counted when the relay ends (after curl has its answer) and published on
+    # the next tick: wait for them rather than read once.
+    deadline = time.time() + 10
+    while pod.metric("sluice_transparent_passthrough_bytes_total", listener="outbound",
+                     protocol="tls", direction="out") <= 500 and time.time() < deadline:
+        time.sleep(0.1)
     assert pod.metric("sluice_transparent_passthrough_bytes_total", listener="outbound",
                       protocol="tls", direction="out") > 500
     # Not decrypted: no HTTP exchange was seen, and the request reached the server unmodified.
