@@ -60,15 +60,14 @@ pub fn lower_priority() {
     }
 }
 
-/// The calling thread's nice value (for tests and diagnostics).
-pub fn current_nice() -> i32 {
-    // SAFETY: as above; reads the calling thread's own nice value.
-    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn current_nice() -> i32 {
+        // SAFETY: as in `lower_priority`; reads the calling thread's own nice value.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
 
     #[test]
     fn a_background_thread_runs_at_the_configured_nice_and_the_caller_does_not() {

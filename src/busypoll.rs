@@ -158,11 +158,7 @@ mod tests {
 
     #[test]
     fn spins_only_while_an_exchange_waits_and_within_budget() {
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        crate::testing::rt().block_on(async {
             let bp = Rc::new(BusyPoll::default());
             monoio::spawn(bp.clone().run());
             // Off: no episode.

@@ -43,6 +43,8 @@ pub mod route;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod tls;
 pub mod transparent;
 pub mod worker;

@@ -250,34 +250,74 @@ fn paired_parts(p: &PairedOverhead, pct: Pct) -> (i64, i64, i64) {
     }
 }
 
-/// `merged` (the difference of the merged histograms) and, with at least
-/// [`PAIRED_ROUNDS_MIN`] rounds, the median and range of the per-round differences.
-fn delta_text(merged: Option<i64>, paired: Option<PairedOverhead>, pct: Pct) -> String {
-    let us = |v: i64| format!("{v:+} us");
-    let mut s = merged.map(us).unwrap_or("n/a".into());
-    if let Some(p) = paired.filter(|p| p.rounds >= PAIRED_ROUNDS_MIN) {
-        let (m, lo, hi) = paired_parts(&p, pct);
-        s.push_str(&format!(
-            " (per round: median {}, range {} .. {}, {} rounds)",
-            us(m),
-            us(lo),
-            us(hi),
-            p.rounds
-        ));
-    }
-    s
-}
-
 /// Rounds from which a goal on a latency difference is judged by the median of the per-round
 /// differences (robust to the rounds a host burst hit) rather than by the merged histograms.
 pub const PAIRED_ROUNDS_MIN: u32 = 3;
 
-/// The figure a latency-difference goal is judged by: the per-round median when there are
-/// enough rounds, else the merged difference.
-fn judged(merged: Option<i64>, paired: Option<PairedOverhead>, pct: Pct) -> Option<i64> {
-    match paired.filter(|p| p.rounds >= PAIRED_ROUNDS_MIN) {
-        Some(p) => Some(paired_parts(&p, pct).0),
-        None => merged,
+/// A latency difference `a − b` between two targets of one compare run, at one percentile:
+/// from the merged histograms and, per round, the median and range of the paired differences.
+struct Delta {
+    merged: Option<i64>,
+    paired: Option<PairedOverhead>,
+    pct: Pct,
+}
+
+impl Delta {
+    /// `a − b` in the report of `scenario` that ran `marker` (which picks the compare config
+    /// when several ran the same scenario).
+    fn of(
+        reports: &[CompareReport],
+        scenario: &str,
+        marker: &str,
+        a: &str,
+        b: &str,
+        pct: Pct,
+    ) -> Delta {
+        let at = |t: &str| {
+            find_with(reports, scenario, marker, t)
+                .and_then(|x| x.result.as_ref())
+                .map(|r| match pct {
+                    Pct::P50 => r.latency_us.p50 as i64,
+                    Pct::P99 => r.latency_us.p99 as i64,
+                })
+        };
+        Delta {
+            merged: at(a).zip(at(b)).map(|(x, y)| x - y),
+            paired: paired_in(reports, scenario, marker, a, b)
+                .filter(|p| p.rounds >= PAIRED_ROUNDS_MIN),
+            pct,
+        }
+    }
+
+    fn measured(&self) -> bool {
+        self.merged.is_some()
+    }
+
+    /// The merged difference, then the per-round median and range when there are enough rounds.
+    fn text(&self) -> String {
+        let us = |v: i64| format!("{v:+} us");
+        let mut s = self.merged.map(us).unwrap_or("n/a".into());
+        if let Some(p) = &self.paired {
+            let (m, lo, hi) = paired_parts(p, self.pct);
+            s.push_str(&format!(
+                " (per round: median {}, range {} .. {}, {} rounds)",
+                us(m),
+                us(lo),
+                us(hi),
+                p.rounds
+            ));
+        }
+        s
+    }
+
+    /// The verdict on `ok`, applied to the per-round median when there are enough rounds,
+    /// else to the merged difference.
+    fn verdict(&self, ok: impl Fn(i64) -> bool) -> &'static str {
+        let v = match &self.paired {
+            Some(p) => Some(paired_parts(p, self.pct).0),
+            None => self.merged,
+        };
+        verdict(v.map(ok))
     }
 }
 
@@ -288,11 +328,6 @@ fn goals(reports: &[CompareReport]) -> String {
         find(reports, sc, t)
             .and_then(|x| x.result.as_ref())
             .map(|r| r.rps)
-    };
-    let lat = |sc: &str, t: &str| {
-        find(reports, sc, t)
-            .and_then(|x| x.result.as_ref())
-            .map(|r| r.latency_us.clone())
     };
     let ttft = |sc: &str, t: &str| {
         find(reports, sc, t)
@@ -314,113 +349,111 @@ fn goals(reports: &[CompareReport]) -> String {
         verdict(sr.zip(er).map(|(a, b)| a >= 1.5 * b)),
         ratio(sr, er)
     ));
-    // Overhead at a fixed rate.
-    let d = lat("chat-rate-2000", "direct");
-    let over = |t: &str, f: fn(&crate::run::stats::Percentiles) -> u64| {
-        lat("chat-rate-2000", t)
-            .zip(d.clone())
-            .map(|(a, b)| f(&a) as i64 - f(&b) as i64)
-    };
-    let p50 = |x: &crate::run::stats::Percentiles| x.p50;
-    let p99 = |x: &crate::run::stats::Percentiles| x.p99;
+    // Overhead at a fixed rate (compare.yaml's run: the one with envoy).
     let us = |v: Option<i64>| v.map(|v| format!("{v:+} us")).unwrap_or("n/a".into());
+    let rate = |t: &str, pct| Delta::of(reports, "chat-rate-2000", "envoy", t, "direct", pct);
     s.push_str(&format!(
         "| added latency p50 | chat-rate-2000, 2,000 req/s open loop | {} | {} | (context) | - |\n",
-        us(over("sluice", p50)),
-        us(over("envoy", p50))
+        us(rate("sluice", Pct::P50).merged),
+        us(rate("envoy", Pct::P50).merged)
     ));
-    let pr = paired_in(reports, "chat-rate-2000", "envoy", "sluice", "direct");
-    s.push_str(&format!(
-        "| added latency p99 | chat-rate-2000, 2,000 req/s open loop | {} | {} | ≤ 100 us | {} |\n",
-        delta_text(over("sluice", p99), pr, Pct::P99),
-        us(over("envoy", p99)),
-        verdict(judged(over("sluice", p99), pr, Pct::P99).map(|v| v <= 100))
-    ));
-    if lat("chat-rate-2000", "sluice-busypoll").is_some() {
+    let envoy99 = us(rate("envoy", Pct::P99).merged);
+    for (t, what) in [
+        ("sluice", String::new()),
+        ("sluice-busypoll", ", `busy_poll_us: 200`".to_string()),
+    ] {
+        let d = rate(t, Pct::P99);
+        if !d.measured() {
+            continue;
+        }
         s.push_str(&format!(
-            "| added latency p99, `busy_poll_us: 200` | chat-rate-2000, 2,000 req/s open loop | {} (p50 {}) | {} | ≤ 100 us | {} |\n",
-            us(over("sluice-busypoll", p99)),
-            us(over("sluice-busypoll", p50)),
-            us(over("envoy", p99)),
-            verdict(over("sluice-busypoll", p99).map(|v| v <= 100))
+            "| added latency p99{what} | chat-rate-2000, 2,000 req/s open loop | {} (p50 {}) | {envoy99} | ≤ 100 us | {} |\n",
+            d.text(),
+            us(rate(t, Pct::P50).merged),
+            d.verdict(|v| v <= 100)
         ));
     }
-    // Where the tail comes from (compare-tail.yaml, one run): sluice per io_uring task-run mode
-    // against nginx and a byte relay that parses nothing (socat), all over the same direct.
-    let tail = |t: &str| {
-        let l = find_with(reports, "chat-rate-2000", "socat", t)
-            .and_then(|x| x.result.as_ref())
-            .map(|r| r.latency_us.clone());
-        let d = find_with(reports, "chat-rate-2000", "socat", "direct")
-            .and_then(|x| x.result.as_ref())
-            .map(|r| r.latency_us.clone());
-        l.zip(d)
-            .map(|(a, b)| (a.p50 as i64 - b.p50 as i64, a.p99 as i64 - b.p99 as i64))
-    };
-    if tail("socat").is_some() {
-        for (t, what) in [
-            ("sluice", "sluice (default ring)"),
-            ("sluice-coop", "sluice, `io_uring_task_run: coop`"),
-            ("sluice-defer", "sluice, `io_uring_task_run: defer`"),
-            (
-                "sluice-nice0",
-                "sluice, `background_thread_nice: 0` (background threads at the worker's priority)",
-            ),
-        ] {
-            let v = tail(t);
-            if v.is_none() {
-                continue;
-            }
-            let pr = paired_in(reports, "chat-rate-2000", "socat", t, "direct");
-            s.push_str(&format!(
-                "| added latency p99, {what} | chat-rate-2000 with compare-tail.yaml | {} (p50 {}) | - | ≤ 100 us | {} |\n",
-                delta_text(v.map(|x| x.1), pr, Pct::P99),
-                us(v.map(|x| x.0)),
-                verdict(judged(v.map(|x| x.1), pr, Pct::P99).map(|v| v <= 100))
-            ));
+    // Where the tail comes from: sluice per io_uring task-run mode and background priority
+    // against nginx and a byte relay that parses nothing (socat), all over the same direct, in
+    // one run across two cores (compare-tail.yaml, marked by `socat`) and one on one core
+    // (compare-tail-onecore.yaml, marked by `socat-1core`).
+    let tails = [
+        (
+            "socat",
+            "compare-tail.yaml",
+            "sluice",
+            "sluice (default ring)",
+            true,
+        ),
+        (
+            "socat",
+            "compare-tail.yaml",
+            "sluice-coop",
+            "sluice, `io_uring_task_run: coop`",
+            true,
+        ),
+        (
+            "socat",
+            "compare-tail.yaml",
+            "sluice-defer",
+            "sluice, `io_uring_task_run: defer`",
+            true,
+        ),
+        (
+            "socat",
+            "compare-tail.yaml",
+            "sluice-nice0",
+            "sluice, `background_thread_nice: 0` (background threads at the worker's priority)",
+            true,
+        ),
+        (
+            "socat",
+            "compare-tail.yaml",
+            "nginx",
+            "nginx (C HTTP proxy), same run",
+            false,
+        ),
+        (
+            "socat",
+            "compare-tail.yaml",
+            "socat",
+            "socat (byte relay, parses nothing: the floor of two extra hops), same run",
+            false,
+        ),
+        (
+            "socat-1core",
+            "compare-tail-onecore.yaml",
+            "sluice-1core",
+            "sluice, everything on one core",
+            true,
+        ),
+        (
+            "socat-1core",
+            "compare-tail-onecore.yaml",
+            "nginx-1core",
+            "nginx, everything on one core",
+            false,
+        ),
+        (
+            "socat-1core",
+            "compare-tail-onecore.yaml",
+            "socat-1core",
+            "socat, everything on one core",
+            false,
+        ),
+    ];
+    for (marker, cfg, t, label, goal) in tails {
+        let d = Delta::of(reports, "chat-rate-2000", marker, t, "direct", Pct::P99);
+        if !d.measured() {
+            continue;
         }
-        for (t, what) in [
-            ("nginx", "nginx (C HTTP proxy), same run"),
-            (
-                "socat",
-                "socat (byte relay, parses nothing: the floor of two extra hops), same run",
-            ),
-        ] {
-            let v = tail(t);
-            let pr = paired_in(reports, "chat-rate-2000", "socat", t, "direct");
-            s.push_str(&format!(
-                "| added latency p99, {what} | chat-rate-2000 with compare-tail.yaml | {} (p50 {}) | - | (context) | - |\n",
-                delta_text(v.map(|x| x.1), pr, Pct::P99),
-                us(v.map(|x| x.0)),
-            ));
-        }
-    }
-    // The same on one core (compare-tail-onecore.yaml): no cross-vCPU wake-up in the path.
-    for (t, what, goal) in [
-        ("sluice-1core", "sluice, everything on one core", true),
-        ("nginx-1core", "nginx, everything on one core", false),
-        ("socat-1core", "socat, everything on one core", false),
-    ] {
-        let l = find_with(reports, "chat-rate-2000", "socat-1core", t)
-            .and_then(|x| x.result.as_ref())
-            .map(|r| r.latency_us.clone());
-        let d = find_with(reports, "chat-rate-2000", "socat-1core", "direct")
-            .and_then(|x| x.result.as_ref())
-            .map(|r| r.latency_us.clone());
-        let Some((a, b)) = l.zip(d) else { continue };
-        let v99 = Some(a.p99 as i64 - b.p99 as i64);
-        let v50 = Some(a.p50 as i64 - b.p50 as i64);
-        let pr = paired_in(reports, "chat-rate-2000", "socat-1core", t, "direct");
+        let p50 = Delta::of(reports, "chat-rate-2000", marker, t, "direct", Pct::P50);
         s.push_str(&format!(
-            "| added latency p99, {what} | chat-rate-2000 with compare-tail-onecore.yaml | {} (p50 {}) | - | {} | {} |\n",
-            delta_text(v99, pr, Pct::P99),
-            us(v50),
+            "| added latency p99, {label} | chat-rate-2000 with {cfg} | {} (p50 {}) | - | {} | {} |\n",
+            d.text(),
+            us(p50.merged),
             if goal { "≤ 100 us" } else { "(context)" },
-            if goal {
-                verdict(judged(v99, pr, Pct::P99).map(|v| v <= 100))
-            } else {
-                "-"
-            },
+            if goal { d.verdict(|v| v <= 100) } else { "-" },
         ));
     }
     // TTFT overhead.
@@ -460,61 +493,46 @@ fn goals(reports: &[CompareReport]) -> String {
         verdict(fr.zip(lr).map(|(a, b)| a >= 3.0 * b)),
         ratio(fr, lr)
     ));
-    // Cost of inspection + redaction at a fixed rate.
-    let fo = lat("chat-rate-2000", "sluice-filters")
-        .zip(lat("chat-rate-2000", "sluice"))
-        .map(|(a, b)| a.p50 as i64 - b.p50 as i64);
-    let io = lat("inspect-rate-2000", "sluice-inspect")
-        .zip(lat("inspect-rate-2000", "sluice"))
-        .map(|(a, b)| a.p50 as i64 - b.p50 as i64);
-    let ip = paired_in(
+    // Cost of inspection + redaction at a fixed rate, each against sluice's pass-through.
+    let io = Delta::of(
         reports,
         "inspect-rate-2000",
         "sluice-inspect",
         "sluice-inspect",
         "sluice",
+        Pct::P50,
     );
     s.push_str(&format!(
         "| inspection alone, small chat | inspect-rate-2000, sluice-inspect minus sluice, p50 | {} | - | ≤ 10 us | {} |\n",
-        delta_text(io, ip, Pct::P50),
-        verdict(judged(io, ip, Pct::P50).map(|v| v <= 10))
+        io.text(),
+        io.verdict(|v| v <= 10)
     ));
-    s.push_str(&format!(
-        "| inspection + PII redaction, small chat | chat-rate-2000, sluice-filters minus sluice, p50 | {} | - | (context) | - |\n",
-        us(fo)
-    ));
-    // Redaction of a 4 KiB prompt with a few entities.
-    let po = lat("pii-4k-rate-1000", "sluice-filters")
-        .zip(lat("pii-4k-rate-1000", "sluice"))
-        .map(|(a, b)| a.p50 as i64 - b.p50 as i64);
-    let pp = paired_in(
+    let fo = Delta::of(
         reports,
-        "pii-4k-rate-1000",
-        "sluice-filters",
+        "chat-rate-2000",
+        "envoy",
         "sluice-filters",
         "sluice",
+        Pct::P50,
     );
     s.push_str(&format!(
-        "| PII redaction + inspection, 4 KiB prompt | pii-4k-rate-1000, sluice-filters minus sluice, p50 | {} | - | ≤ 20 us | {} |\n",
-        delta_text(po, pp, Pct::P50),
-        verdict(judged(po, pp, Pct::P50).map(|v| v <= 20))
+        "| inspection + PII redaction, small chat | chat-rate-2000, sluice-filters minus sluice, p50 | {} | - | (context) | - |\n",
+        us(fo.merged)
     ));
-    // Redaction alone (no inspection): what issue #5's "redaction on" row asks for.
-    let ro = lat("pii-4k-rate-1000", "sluice-pii")
-        .zip(lat("pii-4k-rate-1000", "sluice"))
-        .map(|(a, b)| a.p50 as i64 - b.p50 as i64);
-    if ro.is_some() {
-        let rp = paired_in(
-            reports,
-            "pii-4k-rate-1000",
-            "sluice-pii",
-            "sluice-pii",
-            "sluice",
-        );
+    // Redaction of a 4 KiB prompt with a few entities: with inspection, and alone (issue #5's
+    // "redaction on").
+    for (t, what) in [
+        ("sluice-filters", "PII redaction + inspection"),
+        ("sluice-pii", "PII redaction alone"),
+    ] {
+        let d = Delta::of(reports, "pii-4k-rate-1000", t, t, "sluice", Pct::P50);
+        if !d.measured() {
+            continue;
+        }
         s.push_str(&format!(
-            "| PII redaction alone, 4 KiB prompt | pii-4k-rate-1000, sluice-pii minus sluice, p50 | {} | - | ≤ 20 us | {} |\n",
-            delta_text(ro, rp, Pct::P50),
-            verdict(judged(ro, rp, Pct::P50).map(|v| v <= 20))
+            "| {what}, 4 KiB prompt | pii-4k-rate-1000, {t} minus sluice, p50 | {} | - | ≤ 20 us | {} |\n",
+            d.text(),
+            d.verdict(|v| v <= 20)
         ));
     }
     let (fr4, lr4) = (rps("pii-4k", "sluice-filters"), rps("pii-4k", "envoy-lua"));
@@ -536,61 +554,28 @@ fn goals(reports: &[CompareReport]) -> String {
             .and_then(|x| x.result.as_ref())
             .map(|r| r.rps)
     };
-    let pol = p50_of("chat-rate-2000", "sluice-policy", "sluice-policy")
-        .zip(p50_of("chat-rate-2000", "sluice-policy", "sluice"))
-        .map(|(a, b)| a - b);
-    let polp = paired_in(
-        reports,
-        "chat-rate-2000",
-        "sluice-policy",
-        "sluice-policy",
-        "sluice",
-    );
+    let pol =
+        |a: &str, b: &str| Delta::of(reports, "chat-rate-2000", "sluice-policy", a, b, Pct::P50);
+    let d = pol("sluice-policy", "sluice");
     s.push_str(&format!(
         "| routing + auth + local rate limits | chat-rate-2000 with compare-policy.yaml, sluice-policy minus sluice, p50 | {} | - | ≤ 5 us | {} |\n",
-        delta_text(pol, polp, Pct::P50),
-        verdict(judged(pol, polp, Pct::P50).map(|v| v <= 5))
+        d.text(),
+        d.verdict(|v| v <= 5)
     ));
     // The same pass-through twice in the same run: the noise floor of the row above.
-    let aa = p50_of("chat-rate-2000", "sluice-policy", "sluice-again")
-        .zip(p50_of("chat-rate-2000", "sluice-policy", "sluice"))
-        .map(|(a, b)| a - b);
-    if aa.is_some() {
-        let aap = paired_in(
-            reports,
-            "chat-rate-2000",
-            "sluice-policy",
-            "sluice-again",
-            "sluice",
-        );
+    let d = pol("sluice-again", "sluice");
+    if d.measured() {
         s.push_str(&format!(
             "| control: pass-through against itself | chat-rate-2000 with compare-policy.yaml, sluice-again minus sluice, p50 | {} | - | (noise floor) | - |\n",
-            delta_text(aa, aap, Pct::P50),
+            d.text(),
         ));
     }
     // Issue #6: global (Redis-leased) limits against the same limits in local mode.
-    let glob = p50_of(
-        "chat-rate-2000",
-        "sluice-policy-global",
-        "sluice-policy-global",
-    )
-    .zip(p50_of(
-        "chat-rate-2000",
-        "sluice-policy-global",
-        "sluice-policy",
-    ))
-    .map(|(a, b)| a - b);
-    let globp = paired_in(
-        reports,
-        "chat-rate-2000",
-        "sluice-policy-global",
-        "sluice-policy-global",
-        "sluice-policy",
-    );
+    let d = pol("sluice-policy-global", "sluice-policy");
     s.push_str(&format!(
         "| global rate limits (Redis leases) | chat-rate-2000 with compare-policy.yaml, sluice-policy-global minus sluice-policy, p50 | {} | - | no Redis round trip in the median: < 50 us (a loopback round trip is ~130 us here) | {} |\n",
-        delta_text(glob, globp, Pct::P50),
-        verdict(judged(glob, globp, Pct::P50).map(|v| v < 50))
+        d.text(),
+        d.verdict(|v| v < 50)
     ));
     // Issue #7: transparent mode against explicit mode (both over direct), same run.
     let t_over = p50_of("chat-small", "sluice-transparent", "sluice-transparent")

@@ -907,19 +907,12 @@ mod tests {
         }
     }
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .build()
-            .expect("runtime")
-            .block_on(f)
-    }
-
     #[test]
     fn request_inspection_waits_for_the_send_unless_the_body_depends_on_it() {
         let h = head("content-type: application/json\r\n");
         let body =
             br#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-        block_on(async {
+        crate::testing::rt().block_on(async {
             // Nothing before the send reads the facts: phase 3 leaves the body alone, 3b
             // inspects it (once).
             let chain = inspect_chain(IncludeUsage::Off);

@@ -919,11 +919,7 @@ impl<'a> Exchange<'a> {
                         overhead += t_before_send.duration_since(t_head);
                         first_send = false;
                         // Phase 3b, while the upstream works on the request.
-                        if let (Some((chain, ctx)), ReqBody::Whole { body, .. }) =
-                            (fx.as_mut(), &req_body)
-                        {
-                            chain.on_request_sent(ctx, head, body).await;
-                        }
+                        request_sent(&mut fx, head, &req_body).await;
                     }
                     // Stream the rest of the request body, if any (then it cannot be replayed).
                     if !body_done {
@@ -1047,11 +1043,7 @@ impl<'a> Exchange<'a> {
                 }
                 Err(e) => {
                     // Never sent: phase 3b still runs, so the record names the model.
-                    if let (Some((chain, ctx)), ReqBody::Whole { body, .. }) =
-                        (fx.as_mut(), &req_body)
-                    {
-                        chain.on_request_sent(ctx, head, body).await;
-                    }
+                    request_sent(&mut fx, head, &req_body).await;
                     let e = e.unwrap_or(ProxyError::NoEndpoint(up.name.clone()));
                     return self
                         .local_error(client, head, e, rbuf, wbuf, false, t_head)
@@ -2045,6 +2037,18 @@ impl Exchange<'_> {
             traceparent,
             self.strip_cred.get(),
         );
+    }
+}
+
+/// Filter phase 3b for a request whose body was read whole (a streamed body has no deferred
+/// inspection). Idempotent: the chain runs it once.
+async fn request_sent(
+    fx: &mut Option<(&Chain, &mut ExchangeCtx)>,
+    head: &RequestHead,
+    req_body: &ReqBody,
+) {
+    if let (Some((chain, ctx)), ReqBody::Whole { body, .. }) = (fx.as_mut(), req_body) {
+        chain.on_request_sent(ctx, head, body).await;
     }
 }
 

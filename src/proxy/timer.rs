@@ -108,12 +108,7 @@ pub fn timeout_idle_total<F: Future>(
 mod tests {
     use super::*;
 
-    fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-    }
+    use crate::testing::rt;
 
     #[test]
     fn ready_future_wins() {
@@ -162,27 +157,28 @@ mod tests {
 #[cfg(test)]
 mod nested_tests {
     use super::*;
+    use crate::testing::rt;
+
+    /// Polls `sleep_ms` of work inside a `total` timeout through repeated 100 ms outer
+    /// timeouts (the SSE keep-alive loop's shape); returns the inner result and how many outer
+    /// timeouts fired first.
+    async fn ticks_around(total: Duration, sleep_ms: u64) -> (Result<(), TimedOut>, u32) {
+        let inner = timeout(total, monoio::time::sleep(Duration::from_millis(sleep_ms)));
+        let mut inner = std::pin::pin!(inner);
+        let mut ticks = 0;
+        loop {
+            match timeout(Duration::from_millis(100), inner.as_mut()).await {
+                Ok(r) => return (r, ticks),
+                Err(_) => ticks += 1,
+            }
+        }
+    }
 
     #[test]
     fn a_short_outer_timeout_fires_around_a_pending_inner_one() {
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        rt().block_on(async {
             let t0 = std::time::Instant::now();
-            let inner = timeout(
-                Duration::from_millis(2000),
-                monoio::time::sleep(Duration::from_millis(400)),
-            );
-            let mut inner = std::pin::pin!(inner);
-            let mut ticks = 0;
-            let r = loop {
-                match timeout(Duration::from_millis(100), inner.as_mut()).await {
-                    Ok(r) => break r,
-                    Err(_) => ticks += 1,
-                }
-            };
+            let (r, ticks) = ticks_around(Duration::from_millis(2000), 400).await;
             assert_eq!(r, Ok(()));
             assert!(ticks >= 3, "ticks {ticks} after {:?}", t0.elapsed());
         });
@@ -190,25 +186,10 @@ mod nested_tests {
 
     #[test]
     fn keepalive_loop_works_again_after_a_first_exchange() {
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        rt().block_on(async {
             for round in 0..3 {
                 let t0 = std::time::Instant::now();
-                let inner = timeout(
-                    Duration::from_secs(30),
-                    monoio::time::sleep(Duration::from_millis(350)),
-                );
-                let mut inner = std::pin::pin!(inner);
-                let mut ticks = 0;
-                let r = loop {
-                    match timeout(Duration::from_millis(100), inner.as_mut()).await {
-                        Ok(r) => break r,
-                        Err(_) => ticks += 1,
-                    }
-                };
+                let (r, ticks) = ticks_around(Duration::from_secs(30), 350).await;
                 assert_eq!(r, Ok(()));
                 assert!(
                     ticks >= 2,

@@ -270,12 +270,7 @@ mod tests {
         assert_eq!(classify(b"SSH-2.0-OpenSSH_9.6\r\n"), Class::Tcp);
     }
 
-    fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-    }
+    use crate::testing::rt;
 
     /// Accept one connection whose client (on its own thread) runs `client`; sniff it.
     fn sniff_with<F: FnOnce(std::net::TcpStream) + Send + 'static>(

@@ -184,12 +184,7 @@ mod tests {
     use super::*;
     use monoio::net::TcpListener;
 
-    fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-    }
+    use crate::testing::rt;
 
     /// client <-> [relay] <-> server, over loopback. Returns (client side, server side, relay).
     async fn pair(

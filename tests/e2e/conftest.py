@@ -319,20 +319,26 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5.0, read_until_close=
     """Send raw bytes, return everything read until the server closes (or timeout)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
-        out = b""
-        s.settimeout(timeout)
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                out += chunk
-                if not read_until_close and b"\r\n\r\n" in out:
-                    break
-        except (socket.timeout, ConnectionResetError):
-            # A reset is how a cut-short response must end: return what arrived.
-            pass
-        return out
+        return recv_all(s, timeout, read_until_close)
+
+
+def recv_all(s, timeout: float = 5.0, read_until_close=True) -> bytes:
+    """Everything `s` receives until the peer closes (or, with read_until_close=False, until a
+    head is complete), or until `timeout` passes without data."""
+    out = b""
+    s.settimeout(timeout)
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+            if not read_until_close and b"\r\n\r\n" in out:
+                break
+    except (socket.timeout, ConnectionResetError):
+        # A reset is how a cut-short response must end: return what arrived.
+        pass
+    return out
 
 
 def chat_body(model="gpt-4o-mini", stream=False, content="Hello there", **extra) -> bytes:

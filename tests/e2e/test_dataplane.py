@@ -9,7 +9,7 @@ import time
 import openai
 import pytest
 
-from conftest import SLUICE_BIN, chat_body, free_port, http_get, raw_exchange, start_mock
+from conftest import SLUICE_BIN, chat_body, free_port, http_get, raw_exchange, recv_all, start_mock
 
 
 def post(port, path, body: bytes, headers=None, version="1.1"):
@@ -206,12 +206,7 @@ def test_expect_100_continue(proxy, mock):
         interim = s.recv(4096)
         assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
         s.sendall(body)
-        out = b""
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            out += c
+        out = recv_all(s)
     assert split_response(out)[0] == 200
     assert "expect" not in mock.requests()[-1]["headers"]
 

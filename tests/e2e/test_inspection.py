@@ -15,7 +15,7 @@ import time
 import openai
 import pytest
 
-from conftest import raw_exchange, sluice_config, start_mock
+from conftest import raw_exchange, recv_all, sluice_config, start_mock
 
 PRICE_IN = 0.15
 PRICE_OUT = 0.6
@@ -402,12 +402,7 @@ def test_over_limit_chunked_body_is_forwarded_as_it_came(mock, sluice_factory):
             c.sendall(b"%x\r\n" % len(p) + p + b"\r\n")
             time.sleep(0.05)  # separate reads on sluice's side
         c.sendall(b"0\r\n\r\n")
-        out = b""
-        while True:
-            chunk = c.recv(65536)
-            if not chunk:
-                break
-            out += chunk
+        out = recv_all(c, timeout=10)
     assert out.startswith(b"HTTP/1.1 200"), out[:200]
     assert mock.requests()[-1]["body"] == body.decode()
     assert wait_metric(s, "sluice_gen_ai_uninspected_total", 1, caller="chunky") == 1
