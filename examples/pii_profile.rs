@@ -210,6 +210,8 @@ fn digest_mode() {
         let mut h = DefaultHasher::new();
         let mut out = Vec::new();
         let mut n = 0usize;
+        // `PII_PROFILE_DUMP=1`: also print every stress text's findings, to diff two builds
+        let dump = std::env::var_os("PII_PROFILE_DUMP").is_some();
         for text in [
             pii_corpus::dense(CORPUS_BYTES),
             pii_corpus::prose(CORPUS_BYTES),
@@ -229,6 +231,13 @@ fn digest_mode() {
             engine.scan(&s, &mut out);
             n += out.len();
             digest_findings(&mut h, &engine, &out);
+            if dump {
+                let f: Vec<_> = out
+                    .iter()
+                    .map(|x| (engine.entity_name(x.entity), x.start, x.end, x.confidence))
+                    .collect();
+                println!("{k}\t{s:?}\t{f:?}");
+            }
             let mut from = r.below(s.len() as u64 + 1) as usize;
             while !s.is_char_boundary(from) {
                 from -= 1;

@@ -19,7 +19,7 @@ use regex::Regex;
 use sha2::Sha256;
 
 use super::config::{CompressedPolicy, PiiConfig};
-use super::context::{CtxDfa, CtxScan};
+use super::context::CtxWords;
 use super::entity::{
     Action, Entity, Finding, BUILTIN_ENTITIES, IBAN_BYTES_MAX, IP_BYTES_MAX, PEM_HEADER_BYTES_MAX,
 };
@@ -180,7 +180,7 @@ struct Detector {
     dict_ac: Option<AhoCorasick>,
     dict_entity: Vec<Entity>,
     /// Context words (see [`super::context`] for why not `AhoCorasick::find_iter`).
-    ctx_dfa: Option<CtxDfa>,
+    ctx_words_trie: Option<CtxWords>,
     ctx_words: Vec<Vec<CtxWord>>,
     /// `ctx_words` folded per word (one lookup per context match).
     ctx_meanings: Vec<CtxMeaning>,
@@ -443,8 +443,8 @@ impl Engine {
         if words.iter().any(|w| w.is_empty()) {
             return Err(cfg_err("empty context word"));
         }
-        // dedupe words (ASCII case-insensitive) so one leftmost-longest pass reports every
-        // meaning of a word; a DFA keeps the per-window scan cheap
+        // dedupe words (ASCII case-insensitive): one trie state per word, and one occurrence
+        // reports every meaning of the word
         let mut uniq: Vec<String> = Vec::new();
         let mut meanings: Vec<Vec<CtxWord>> = Vec::new();
         for (w, cw) in words.iter().zip(ctx_words) {
@@ -475,10 +475,10 @@ impl Engine {
                 m
             })
             .collect();
-        let ctx_dfa = if uniq.is_empty() {
+        let ctx_words_trie = if uniq.is_empty() {
             None
         } else {
-            Some(CtxDfa::new(&uniq)?)
+            Some(CtxWords::new(&uniq)?)
         };
         if !(0.0..=1.0).contains(&c.threshold) {
             return Err(cfg_err("context.threshold outside [0,1]"));
@@ -528,7 +528,7 @@ impl Engine {
             custom,
             dict_ac,
             dict_entity,
-            ctx_dfa,
+            ctx_words_trie,
             ctx_words,
             ctx_meanings,
             window_bytes: c.window_bytes,
@@ -706,14 +706,12 @@ impl Engine {
                 }
             }
         }
-        // start filter, context, threshold: one pass; the context windows share one
-        // automaton pass where they overlap
-        let mut ctx = None;
+        // start filter, context, threshold: one pass
         out.retain_mut(|f| {
             if f.start < min_start {
                 return false;
             }
-            self.apply_context(t, &mut ctx, f);
+            self.apply_context(t, f);
             f.confidence >= d.threshold
         });
         if out.is_empty() {
@@ -955,13 +953,12 @@ impl Engine {
         }
     }
 
-    /// Context scoring of one finding when its words can change the outcome; `ctx` is the
-    /// scan's shared context-word pass, created at the first window. The cheap test is inlined
-    /// into the caller's loop (most findings need no window).
+    /// Context scoring of one finding when its words can change the outcome. The cheap test is
+    /// inlined into the caller's loop (most findings need no window).
     #[inline]
-    fn apply_context<'a>(&'a self, t: &'a [u8], ctx: &mut Option<CtxScan<'a>>, f: &mut Finding) {
+    fn apply_context(&self, t: &[u8], f: &mut Finding) {
         let d = &*self.det;
-        let Some(dfa) = &d.ctx_dfa else { return };
+        let Some(ctx) = &d.ctx_words_trie else { return };
         let numeric = matches!(
             f.entity,
             Entity::Ssn
@@ -979,24 +976,21 @@ impl Engine {
         if !could_drop && !could_rise {
             return;
         }
-        self.score_window(t, ctx.get_or_insert_with(|| CtxScan::new(dfa, t)), f);
+        self.score_window(t, ctx, f);
     }
 
     /// Adds `boost` for a positive word of `f`'s entity and subtracts `penalty` for a negative
     /// word within `window_bytes` of `f` (whole words, not inside `f`).
-    fn score_window(&self, t: &[u8], ctx: &mut CtxScan<'_>, f: &mut Finding) {
+    #[inline(never)]
+    fn score_window(&self, t: &[u8], ctx: &CtxWords, f: &mut Finding) {
         let d = &*self.det;
         let ws = f.start.saturating_sub(d.window_bytes);
         let we = (f.end + d.window_bytes).min(t.len());
         let (mut pos, mut neg) = (false, false);
         let entity_bit = 1u64.checked_shl(slot(f.entity) as u32).unwrap_or(0);
-        // the same matches as scanning `t[ws..we]` alone (see `CtxScan`)
-        ctx.window(ws, we, |m| {
-            let (s, e) = (m.start, m.end);
-            if (s > 0 && v::is_word(t[s - 1])) || (e < t.len() && v::is_word(t[e])) {
-                return true;
-            }
-            if s < f.end && e > f.start {
+        // every whole-word occurrence inside the window (see `CtxWords`)
+        ctx.window(t, ws, we, |m| {
+            if m.start < f.end && m.end > f.start {
                 return true; // inside the match itself
             }
             let Some(meaning) = d.ctx_meanings.get(m.pid) else {
