@@ -250,6 +250,44 @@ fn digest_mode() {
     }
 }
 
+/// `request N`: `redact_request` N times on the 4 KiB chat body of `benches/pii.rs`
+/// (`redact_request/chat_4k`): the JSON-aware request path, for instruction counts.
+fn request_mode(reps: usize) {
+    let user = format!(
+        "{} My SSN is 123-45-6789 and my card is 4111 1111 1111 1111; email me at jane.doe@example.com. {}",
+        pii_corpus::prose(1800),
+        pii_corpus::prose(1800)
+    );
+    let body = serde_json::to_vec(&serde_json::json!({
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant for a bank."},
+            {"role": "user", "content": user}
+        ],
+        "temperature": 0.2,
+        "stream": true
+    }))
+    .unwrap_or_default();
+    let engine = match Engine::new(&PiiConfig::default()) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("engine: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut n = 0;
+    for _ in 0..reps {
+        match sluice::pii::redact_request(&engine, std::hint::black_box(&body), None) {
+            Ok(o) => n += o.findings().len(),
+            Err(e) => {
+                eprintln!("redact_request: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+    println!("request: {} bytes, {n} findings", body.len());
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let which = args.next().unwrap_or_else(|| "dense".into());
@@ -258,8 +296,9 @@ fn main() {
         "dense" => pii_corpus::dense(CORPUS_BYTES),
         "clean" => pii_corpus::prose(CORPUS_BYTES),
         "digest" => return digest_mode(),
+        "request" => return request_mode(reps),
         other => {
-            eprintln!("unknown mode {other:?} (dense | clean | digest)");
+            eprintln!("unknown mode {other:?} (dense | clean | digest | request)");
             std::process::exit(2);
         }
     };

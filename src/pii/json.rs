@@ -15,7 +15,7 @@
 //!   `Content-Encoding` and sets `Content-Length`. An unchanged body is forwarded as received.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use super::decode::decode_body;
 use super::engine::Engine;
@@ -151,31 +151,96 @@ const RESPONSE_PATHS: &[&[Pat]] = &[
 
 const DELTA_PATHS: &[&[Pat]] = &[&[K("choices"), I, K("delta"), K("content")]];
 
-fn path_matches(path: &[Seg], pats: &[&[Pat]]) -> bool {
-    pats.iter().any(|p| {
-        // Length first: most patterns are ruled out without comparing a key.
-        let open = matches!(p.last(), Some(Rest));
-        if (open && path.len() < p.len()) || (!open && path.len() != p.len()) {
-            return false;
-        }
-        let mut i = 0;
-        for (k, pat) in p.iter().enumerate() {
-            match pat {
-                Rest => return path.len() > k,
-                K(name) => match path.get(i) {
-                    Some(Seg::Key(s)) if s == name => {}
-                    _ => return false,
-                },
-                I => match path.get(i) {
-                    Some(Seg::Idx(_)) => {}
-                    _ => return false,
-                },
-            }
-            i += 1;
-        }
-        i == path.len()
-    })
+/// Most patterns a path list may hold: the parser tracks the patterns still matching the
+/// current path as one bit each in a `u64` (checked by a unit test for every list).
+const PATS_MAX: usize = 64;
+
+/// One path list as bit sets, so the parser follows every pattern at once: bit `i` stands for
+/// `pats[i]`. Why: each key is then compared once, against the distinct names at its depth,
+/// when the parser enters it (not once per pattern per string value below it), and whole
+/// subtrees (`model`, `temperature`, `tools`...) drop to no pattern at their first segment.
+struct PatIndex {
+    /// Per depth: the distinct key names there and the patterns naming each.
+    names: Vec<Vec<(&'static str, u64)>>,
+    /// Per depth: patterns with an array index there.
+    idx: Vec<u64>,
+    /// Per depth: patterns whose `Rest` (always last) is at or before it (any segment goes).
+    rest: Vec<u64>,
+    /// Per depth: patterns a string value at a path of that many segments matches.
+    end: Vec<u64>,
+    /// Every pattern (the state at the root).
+    all: u64,
 }
+
+impl PatIndex {
+    fn new(pats: &[&[Pat]]) -> PatIndex {
+        let depth_max = pats.iter().map(|p| p.len()).max().unwrap_or(0) + 1;
+        let mut ix = PatIndex {
+            names: vec![Vec::new(); depth_max],
+            idx: vec![0; depth_max],
+            rest: vec![0; depth_max],
+            end: vec![0; depth_max],
+            all: 0,
+        };
+        for (i, p) in pats.iter().enumerate().take(PATS_MAX) {
+            let bit = 1u64 << i;
+            ix.all |= bit;
+            let open = matches!(p.last(), Some(Rest));
+            for (d, seg) in p.iter().enumerate() {
+                match seg {
+                    K(name) => match ix.names[d].iter_mut().find(|(n, _)| n == name) {
+                        Some((_, m)) => *m |= bit,
+                        None => ix.names[d].push((name, bit)),
+                    },
+                    I => ix.idx[d] |= bit,
+                    Rest => {
+                        for r in &mut ix.rest[d..] {
+                            *r |= bit;
+                        }
+                    }
+                }
+            }
+            if open {
+                for e in &mut ix.end[p.len()..] {
+                    *e |= bit;
+                }
+            } else {
+                ix.end[p.len()] |= bit;
+            }
+        }
+        ix
+    }
+
+    /// The patterns of `alive` (matching the first `depth` segments of a path) that still
+    /// match after the segment at `depth`: an object key, or an array index when `key` is
+    /// `None`.
+    #[inline]
+    fn step(&self, alive: u64, depth: usize, key: Option<&str>) -> u64 {
+        let d = depth.min(self.rest.len() - 1);
+        let named = match key {
+            Some(k) if depth == d => self.names[d]
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map_or(0, |&(_, m)| m),
+            Some(_) => 0,
+            None if depth == d => self.idx[d],
+            None => 0,
+        };
+        alive & (named | self.rest[d])
+    }
+
+    /// Whether a string value at a path of `depth` segments, matched so far by `alive`, is at
+    /// one of the patterns.
+    #[inline]
+    fn matches(&self, alive: u64, depth: usize) -> bool {
+        alive & self.end[depth.min(self.end.len() - 1)] != 0
+    }
+}
+
+static REQUEST_INDEX: LazyLock<PatIndex> = LazyLock::new(|| PatIndex::new(REQUEST_PATHS));
+static RESPONSE_INDEX: LazyLock<PatIndex> = LazyLock::new(|| PatIndex::new(RESPONSE_PATHS));
+static STREAM_INDEX: LazyLock<PatIndex> = LazyLock::new(|| PatIndex::new(STREAM_PATHS));
+static DELTA_INDEX: LazyLock<PatIndex> = LazyLock::new(|| PatIndex::new(DELTA_PATHS));
 
 fn path_string(path: &[Seg]) -> String {
     let mut s = String::new();
@@ -210,9 +275,12 @@ struct RawStr {
 
 struct Parser<'a, F> {
     b: &'a [u8],
+    /// `b` as text when the caller has validated it as UTF-8 already (object keys are then
+    /// sliced from it instead of being validated one by one).
+    text: Option<&'a str>,
     pos: usize,
     path: Vec<Seg<'a>>,
-    pats: &'static [&'static [Pat]],
+    pats: &'static PatIndex,
     on_string: F,
 }
 
@@ -231,7 +299,9 @@ impl<'a, F: FnMut(&[Seg<'a>], &RawStr) -> Result<(), PiiError>> Parser<'a, F> {
         self.b.get(self.pos).copied()
     }
 
-    fn value(&mut self, depth: usize) -> Result<(), PiiError> {
+    /// Parses one value at `depth`; `alive` holds the patterns of `pats` matching the path so
+    /// far (see [`PatIndex`]).
+    fn value(&mut self, depth: usize, alive: u64) -> Result<(), PiiError> {
         if depth > JSON_DEPTH_MAX {
             return Err(bad(self.pos, "nesting too deep"));
         }
@@ -253,18 +323,24 @@ impl<'a, F: FnMut(&[Seg<'a>], &RawStr) -> Result<(), PiiError>> Parser<'a, F> {
                     let key = if k.escaped {
                         Cow::Owned(decode_str(self.b, k.start, k.end, None)?)
                     } else {
-                        Cow::Borrowed(
-                            std::str::from_utf8(&self.b[k.start..k.end])
-                                .map_err(|_| bad(k.start, "invalid utf-8"))?,
-                        )
+                        let raw = match self.text {
+                            Some(t) => t.get(k.start..k.end),
+                            None => std::str::from_utf8(&self.b[k.start..k.end]).ok(),
+                        };
+                        Cow::Borrowed(raw.ok_or_else(|| bad(k.start, "invalid utf-8"))?)
                     };
                     self.ws();
                     if self.peek() != Some(b':') {
                         return Err(bad(self.pos, "expected ':'"));
                     }
                     self.pos += 1;
+                    let child = if alive == 0 {
+                        0
+                    } else {
+                        self.pats.step(alive, self.path.len(), Some(&key))
+                    };
                     self.path.push(Seg::Key(key));
-                    self.value(depth + 1)?;
+                    self.value(depth + 1, child)?;
                     self.path.pop();
                     self.ws();
                     match self.peek() {
@@ -285,9 +361,14 @@ impl<'a, F: FnMut(&[Seg<'a>], &RawStr) -> Result<(), PiiError>> Parser<'a, F> {
                     return Ok(());
                 }
                 let mut idx = 0;
+                let child = if alive == 0 {
+                    0
+                } else {
+                    self.pats.step(alive, self.path.len(), None)
+                };
                 loop {
                     self.path.push(Seg::Idx(idx));
-                    self.value(depth + 1)?;
+                    self.value(depth + 1, child)?;
                     self.path.pop();
                     idx += 1;
                     self.ws();
@@ -303,7 +384,7 @@ impl<'a, F: FnMut(&[Seg<'a>], &RawStr) -> Result<(), PiiError>> Parser<'a, F> {
             }
             Some(b'"') => {
                 let s = self.string()?;
-                if path_matches(&self.path, self.pats) {
+                if alive != 0 && self.pats.matches(alive, self.path.len()) {
                     (self.on_string)(&self.path, &s)?;
                 }
                 Ok(())
@@ -602,6 +683,11 @@ fn decode_into(
 /// Append `s` JSON-escaped (without quotes).
 fn escape_into(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    // replacements (`[REDACTED:SSN]`, masks, pseudonyms) rarely need an escape: copy at once
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
     for &b in s.as_bytes() {
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
@@ -632,7 +718,7 @@ type Processed = (Vec<Splice>, Vec<AuditFinding>, Vec<Arc<str>>);
 fn process(
     engine: &Engine,
     doc: &[u8],
-    pats: &'static [&'static [Pat]],
+    pats: &'static PatIndex,
     direction: Direction,
 ) -> Result<Processed, PiiError> {
     // Validated once here; a string value's bounds are ASCII quotes, so its slice of `text`
@@ -713,12 +799,14 @@ fn process(
     };
     let mut parser = Parser {
         b: doc,
+        text: Some(text),
         pos: 0,
         path: Vec::new(),
         pats,
         on_string,
     };
-    parser.value(0)?;
+    let all = pats.all;
+    parser.value(0, all)?;
     parser.ws();
     if parser.pos != doc.len() {
         return Err(bad(parser.pos, "trailing data after JSON value"));
@@ -747,7 +835,7 @@ fn redact_doc(
     engine: &Engine,
     body: &[u8],
     content_encoding: Option<&str>,
-    pats: &'static [&'static [Pat]],
+    pats: &'static PatIndex,
     direction: Direction,
 ) -> Result<RequestOutcome, PiiError> {
     if !engine.enabled() {
@@ -790,7 +878,7 @@ pub fn redact_request(
         engine,
         body,
         content_encoding,
-        REQUEST_PATHS,
+        &REQUEST_INDEX,
         Direction::Request,
     )
 }
@@ -808,7 +896,7 @@ pub fn redact_response(
         engine,
         body,
         content_encoding,
-        RESPONSE_PATHS,
+        &RESPONSE_INDEX,
         Direction::Response,
     )
 }
@@ -820,7 +908,8 @@ pub fn try_rewrite_delta_content(
     event_json: &[u8],
     new_content: &str,
 ) -> Result<Vec<u8>, PiiError> {
-    std::str::from_utf8(event_json).map_err(|e| bad(e.valid_up_to(), "invalid utf-8"))?;
+    let text =
+        std::str::from_utf8(event_json).map_err(|e| bad(e.valid_up_to(), "invalid utf-8"))?;
     let mut span: Option<(usize, usize)> = None;
     let on_string = |_: &[Seg], s: &RawStr| -> Result<(), PiiError> {
         if span.is_none() {
@@ -830,12 +919,13 @@ pub fn try_rewrite_delta_content(
     };
     let mut parser = Parser {
         b: event_json,
+        text: Some(text),
         pos: 0,
         path: Vec::new(),
-        pats: DELTA_PATHS,
+        pats: &DELTA_INDEX,
         on_string,
     };
-    parser.value(0)?;
+    parser.value(0, DELTA_INDEX.all)?;
     let (s, e) = span.ok_or(bad(0, "no choices[].delta.content string"))?;
     let mut bytes = Vec::new();
     escape_into(&mut bytes, new_content);
@@ -962,12 +1052,13 @@ pub fn stream_event_text_into(
     };
     let mut parser = Parser {
         b: event_json,
+        text: None,
         pos: 0,
         path: std::mem::take(&mut scratch.path),
-        pats: STREAM_PATHS,
+        pats: &STREAM_INDEX,
         on_string,
     };
-    let parsed = parser.value(0);
+    let parsed = parser.value(0, STREAM_INDEX.all);
     parser.ws();
     let end = parser.pos;
     // hand the path stack's allocation back (an in-place collect of an emptied vector keeps
@@ -1010,6 +1101,87 @@ pub fn splice_string(out: &mut Vec<u8>, event_json: &[u8], span: (usize, usize),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The matcher the incremental one replaced: the whole path against every pattern.
+    fn path_matches_reference(path: &[Seg], pats: &[&[Pat]]) -> bool {
+        pats.iter().any(|p| {
+            let open = matches!(p.last(), Some(Rest));
+            if (open && path.len() < p.len()) || (!open && path.len() != p.len()) {
+                return false;
+            }
+            for (k, pat) in p.iter().enumerate() {
+                match (pat, path.get(k)) {
+                    (Rest, _) => return path.len() > k,
+                    (K(name), Some(Seg::Key(s))) if s == name => {}
+                    (I, Some(Seg::Idx(_))) => {}
+                    _ => return false,
+                }
+            }
+            true
+        })
+    }
+
+    /// `PatIndex` gives the reference's answer for every path up to 8 segments built from the
+    /// lists' own keys, a foreign key and indices, for every path list.
+    #[test]
+    fn indexed_path_matching_equals_the_reference() {
+        let lists: [&[&[Pat]]; 4] = [REQUEST_PATHS, RESPONSE_PATHS, STREAM_PATHS, DELTA_PATHS];
+        for pats in lists {
+            assert!(pats.len() <= PATS_MAX);
+            let ix = PatIndex::new(pats);
+            let mut keys: Vec<&str> = pats
+                .iter()
+                .flat_map(|p| p.iter())
+                .filter_map(|s| match s {
+                    K(k) => Some(*k),
+                    _ => None,
+                })
+                .collect();
+            keys.sort();
+            keys.dedup();
+            keys.push("role");
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            let mut matched = 0;
+            for _ in 0..40_000 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let len = (seed % 9) as usize;
+                let mut r = seed >> 4;
+                let mut path: Vec<Seg> = Vec::new();
+                let mut alive = ix.all;
+                for d in 0..len {
+                    // mostly follow a pattern, so that matches are common
+                    let follow = pats[(r % pats.len() as u64) as usize].get(d);
+                    r /= pats.len() as u64;
+                    let pick = (r % (keys.len() as u64 + 2)) as usize;
+                    r /= keys.len() as u64 + 2;
+                    let seg = match (follow, !r.is_multiple_of(4)) {
+                        (Some(K(k)), true) => Seg::Key(Cow::Borrowed(k)),
+                        (Some(I), true) => Seg::Idx(0),
+                        _ => match keys.get(pick) {
+                            Some(k) => Seg::Key(Cow::Borrowed(k)),
+                            None => Seg::Idx(pick),
+                        },
+                    };
+                    r /= 4;
+                    alive = ix.step(
+                        alive,
+                        d,
+                        match &seg {
+                            Seg::Key(k) => Some(k),
+                            Seg::Idx(_) => None,
+                        },
+                    );
+                    path.push(seg);
+                }
+                let want = path_matches_reference(&path, pats);
+                assert_eq!(ix.matches(alive, path.len()), want, "{path:?}");
+                matched += usize::from(want);
+            }
+            assert!(matched > 1_000, "{matched}");
+        }
+    }
     use crate::pii::PiiConfig;
 
     #[test]
