@@ -25,6 +25,16 @@ use super::error::PiiError;
 /// Maximum JSON nesting depth accepted (deeper bodies are refused, never passed unscanned).
 pub const JSON_DEPTH_MAX: usize = 128;
 
+/// Findings per document the per-document vectors are sized for up front (a capacity, not a
+/// limit: more findings grow them).
+const FINDINGS_EXPECTED: usize = 16;
+
+/// Bytes of one replacement the scratch string is sized for up front (a capacity, not a limit).
+const REPLACEMENT_BYTES_EXPECTED: usize = 64;
+
+/// Path depth the parser's path stack is sized for up front (a capacity, not a limit).
+const PATH_DEPTH_EXPECTED: usize = 8;
+
 /// One finding for metrics and audit. Offsets are byte offsets in the *decoded* string value at
 /// `path`. Never contains the value.
 #[derive(Debug, Clone, PartialEq)]
@@ -522,21 +532,37 @@ mod sse2 {
     pub(super) fn skip_plain(b: &[u8]) -> usize {
         let mut at = 0;
         // SAFETY: SSE2 is in every x86_64 CPU (the target's baseline feature set), so the
-        // intrinsics are always available; each unaligned load reads b[at..at + 16], which
-        // the loop condition keeps inside `b`.
+        // intrinsics are always available; each unaligned load reads 16 bytes at an offset
+        // the loop conditions keep inside `b` (b[at..at + 64] and b[at..at + 16]).
         unsafe {
             let quote = _mm_set1_epi8(b'"' as i8);
             let backslash = _mm_set1_epi8(b'\\' as i8);
             let ctl_max = _mm_set1_epi8(0x1f);
-            while at + 16 <= b.len() {
-                let v = _mm_loadu_si128(b.as_ptr().add(at).cast::<__m128i>());
+            let stops = |v: __m128i| {
                 // Unsigned v <= 0x1f exactly when min(v, 0x1f) == v.
                 let ctl = _mm_cmpeq_epi8(_mm_min_epu8(v, ctl_max), v);
-                let stop = _mm_or_si128(
+                _mm_or_si128(
                     _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
                     ctl,
-                );
-                if _mm_movemask_epi8(stop) != 0 {
+                )
+            };
+            // 64 bytes per test while the string is long (one movemask for four blocks); the
+            // block loop below then finds the first block with a stop byte
+            while at + 64 <= b.len() {
+                let p = b.as_ptr().add(at);
+                let s0 = stops(_mm_loadu_si128(p.cast::<__m128i>()));
+                let s1 = stops(_mm_loadu_si128(p.add(16).cast::<__m128i>()));
+                let s2 = stops(_mm_loadu_si128(p.add(32).cast::<__m128i>()));
+                let s3 = stops(_mm_loadu_si128(p.add(48).cast::<__m128i>()));
+                let any = _mm_or_si128(_mm_or_si128(s0, s1), _mm_or_si128(s2, s3));
+                if _mm_movemask_epi8(any) != 0 {
+                    break;
+                }
+                at += 64;
+            }
+            while at + 16 <= b.len() {
+                let v = _mm_loadu_si128(b.as_ptr().add(at).cast::<__m128i>());
+                if _mm_movemask_epi8(stops(v)) != 0 {
                     break;
                 }
                 at += 16;
@@ -723,12 +749,23 @@ fn process(
 ) -> Result<Processed, PiiError> {
     // Validated once here; a string value's bounds are ASCII quotes, so its slice of `text`
     // needs no second validation.
-    let text = std::str::from_utf8(doc).map_err(|e| bad(e.valid_up_to(), "invalid utf-8"))?;
-    let mut splices = Vec::new();
-    let mut audit = Vec::new();
+    // (SIMD validation first; std's validator only runs to report where an invalid document
+    // goes wrong)
+    let text = match simdutf8::basic::from_utf8(doc) {
+        Ok(t) => t,
+        Err(_) => {
+            let at = std::str::from_utf8(doc)
+                .err()
+                .map_or(0, |e| e.valid_up_to());
+            return Err(bad(at, "invalid utf-8"));
+        }
+    };
+    // sized for a prompt with a few entities, so the common request never grows them
+    let mut splices = Vec::with_capacity(FINDINGS_EXPECTED);
+    let mut audit = Vec::with_capacity(FINDINGS_EXPECTED);
     let mut blocked: Vec<Arc<str>> = Vec::new();
-    let mut findings: Vec<Finding> = Vec::new();
-    let mut rep = String::new();
+    let mut findings: Vec<Finding> = Vec::with_capacity(FINDINGS_EXPECTED);
+    let mut rep = String::with_capacity(REPLACEMENT_BYTES_EXPECTED);
     let on_string = |path: &[Seg], s: &RawStr| -> Result<(), PiiError> {
         let decoded: Cow<str> = if s.escaped {
             Cow::Owned(decode_str(doc, s.start, s.end, None)?)
@@ -801,7 +838,7 @@ fn process(
         b: doc,
         text: Some(text),
         pos: 0,
-        path: Vec::new(),
+        path: Vec::with_capacity(PATH_DEPTH_EXPECTED),
         pats,
         on_string,
     };
@@ -1187,10 +1224,10 @@ mod tests {
     #[test]
     fn string_stop_matches_a_plain_loop_at_every_length_and_position() {
         let naive = |b: &[u8]| b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
-        // Every stop byte (and near misses) at every offset of buffers up to 72 bytes (several SSE2 blocks plus a tail), over a
+        // Every stop byte (and near misses) at every offset of buffers up to 150 bytes (two 64-byte steps, SSE2 blocks and a tail), over a
         // background of ASCII, UTF-8 continuation bytes and 0x7f/0xff.
         for bg in [b'a', 0x80, 0xff, 0x7f, b' ', b'!', b'#', b'[', b']'] {
-            for len in 0..72 {
+            for len in 0..150 {
                 let mut buf = vec![bg; len];
                 assert_eq!(string_stop(&buf), naive(&buf), "bg {bg:#x} len {len}");
                 assert_eq!(
