@@ -546,8 +546,16 @@ mod sse2 {
                     ctl,
                 )
             };
-            // 64 bytes per test while the string is long (one movemask for four blocks); the
-            // block loop below then finds the first block with a stop byte
+            // the first block alone: most strings (keys, roles, model names) end in it, and
+            // `b` runs to the end of the document, so a 64-byte test would mostly look past them
+            if at + 16 <= b.len() {
+                if _mm_movemask_epi8(stops(_mm_loadu_si128(b.as_ptr().cast::<__m128i>()))) != 0 {
+                    return at;
+                }
+                at += 16;
+            }
+            // then 64 bytes per test (one movemask for four blocks) while the string goes on;
+            // the block loop below finds the first block with a stop byte
             while at + 64 <= b.len() {
                 let p = b.as_ptr().add(at);
                 let s0 = stops(_mm_loadu_si128(p.cast::<__m128i>()));
