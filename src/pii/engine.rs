@@ -712,7 +712,7 @@ impl Engine {
                 return false;
             }
             self.apply_context(t, f);
-            f.confidence >= d.threshold
+            reaches(f.confidence, d.threshold)
         });
         if out.is_empty() {
             return;
@@ -971,8 +971,9 @@ impl Engine {
         if !numeric {
             return;
         }
-        let could_drop = f.confidence >= d.threshold && f.confidence - d.penalty < d.threshold;
-        let could_rise = f.confidence < d.threshold && f.confidence + d.boost >= d.threshold;
+        let now = reaches(f.confidence, d.threshold);
+        let could_drop = now && !reaches(f.confidence - d.penalty, d.threshold);
+        let could_rise = !now && reaches(f.confidence + d.boost, d.threshold);
         if !could_drop && !could_rise {
             return;
         }
@@ -1159,6 +1160,18 @@ impl Literals<'_> {
         self.iter = None; // exhausted: later flushes return at once
         None
     }
+}
+
+/// Slack for comparing a confidence with the threshold. Confidences are sums of a few decimal
+/// constants (`0.9 - 0.4`) that `f32` cannot hold exactly: `0.9 - 0.4` is `0.49999997`, so
+/// without it a dashed SSN or a formatted phone number beside a negative word fell under the
+/// default threshold of 0.5 that the documented arithmetic says it reaches.
+const CONF_SLACK: f32 = 1e-4;
+
+/// Whether `confidence` reaches `threshold` (see [`CONF_SLACK`]).
+#[inline]
+fn reaches(confidence: f32, threshold: f32) -> bool {
+    confidence + CONF_SLACK >= threshold
 }
 
 /// Append `f` keeping `out` sorted by (start, longest first); equal keys keep push order, so the
@@ -1391,6 +1404,18 @@ mod tests {
         assert_eq!(tags(&e, "my ssn is 123456789").len(), 1);
         assert!(tags(&e, "order 4111111111111111").is_empty());
         assert!(tags(&e, "version 1.2.3.4").is_empty());
+    }
+
+    /// A confidence whose decimal arithmetic reaches the threshold is kept although `f32`
+    /// rounds it just under (`0.9 - 0.4` is `0.49999997`): a dashed SSN or a formatted phone
+    /// number beside a negative word stays a finding, as `docs/pii.md` computes.
+    #[test]
+    fn confidences_at_the_threshold_are_kept() {
+        let e = eng();
+        assert_eq!(tags(&e, "order 123-45-6789 shipped").len(), 1);
+        assert_eq!(tags(&e, "ticket (212) 555-0142 closed").len(), 1);
+        // one step further under stays dropped
+        assert!(tags(&e, "order 123 45 6789 shipped").is_empty());
     }
 
     #[test]
