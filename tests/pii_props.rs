@@ -168,3 +168,21 @@ proptest! {
         fuzz_json(&doc[..doc.len() / 2]);
     }
 }
+
+/// A fuzz finding (`cargo fuzz run pii_json`, fifth session): a number beyond `f64` range is valid
+/// JSON; sluice forwards it unchanged, and the invariant check accepts it (it failed when the
+/// check parsed a `serde_json::Value`).
+#[test]
+fn huge_exponent_numbers_pass_unchanged() {
+    for doc in [
+        &b"\n\n777777777777e7777777777777777"[..],
+        br#"{"messages":[{"role":"user","content":"hi"}],"temperature":1e99999}"#,
+    ] {
+        fuzz_json(doc);
+        let e = sluice::pii::Engine::new(&sluice::pii::PiiConfig::default()).expect("engine");
+        assert!(matches!(
+            sluice::pii::redact_request(&e, doc, None),
+            Ok(sluice::pii::RequestOutcome::Unchanged { .. })
+        ));
+    }
+}

@@ -48,15 +48,23 @@ pub fn fuzz_scan(data: &[u8]) {
     }
 }
 
+/// Whether `b` is one JSON document by the grammar. `IgnoredAny` because a `Value` also converts
+/// numbers, and RFC 8259 leaves their range to implementations: `777777777777e7777777777777777`
+/// is valid JSON that serde_json refuses as a `Value` (out of `f64` range) and sluice forwards
+/// (it never converts numbers).
+pub fn is_json(b: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok()
+}
+
 /// JSON request rewriter on arbitrary bytes.
 pub fn fuzz_json(data: &[u8]) {
     let e = engine();
     match redact_request(e, data, None) {
         Ok(RequestOutcome::Rewritten { body, .. }) => {
-            assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok());
+            assert!(is_json(&body));
         }
         Ok(RequestOutcome::Unchanged { .. }) => {
-            assert!(serde_json::from_slice::<serde_json::Value>(data).is_ok());
+            assert!(is_json(data));
         }
         Ok(RequestOutcome::Blocked { .. }) | Err(_) => {}
     }
