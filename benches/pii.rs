@@ -13,25 +13,7 @@ use sluice::pii::{redact_request, Engine, PiiConfig, StreamRedactor};
 
 #[path = "common/pii_corpus.rs"]
 mod pii_corpus;
-use pii_corpus::{dense, prose};
-
-fn chat_body() -> Vec<u8> {
-    let user = format!(
-        "{} My SSN is 123-45-6789 and my card is 4111 1111 1111 1111; email me at jane.doe@example.com. {}",
-        prose(1800),
-        prose(1800)
-    );
-    serde_json::to_vec(&serde_json::json!({
-        "model": "gpt-4o",
-        "messages": [
-            {"role": "system", "content": "You are a helpful assistant for a bank."},
-            {"role": "user", "content": user}
-        ],
-        "temperature": 0.2,
-        "stream": true
-    }))
-    .unwrap_or_default()
-}
+use pii_corpus::{chat_body, dense, prose};
 
 fn benches(c: &mut Criterion) {
     let engine = Arc::new(Engine::new(&PiiConfig::default()).expect("engine"));

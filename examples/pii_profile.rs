@@ -250,24 +250,11 @@ fn digest_mode() {
     }
 }
 
-/// `request N`: `redact_request` N times on the 4 KiB chat body of `benches/pii.rs`
-/// (`redact_request/chat_4k`): the JSON-aware request path, for instruction counts.
+/// `request N`: `redact_request` N times on `pii_corpus::chat_body` (the body of
+/// `redact_request/chat_4k` in `benches/pii.rs`): the JSON-aware request path, for instruction
+/// counts.
 fn request_mode(reps: usize) {
-    let user = format!(
-        "{} My SSN is 123-45-6789 and my card is 4111 1111 1111 1111; email me at jane.doe@example.com. {}",
-        pii_corpus::prose(1800),
-        pii_corpus::prose(1800)
-    );
-    let body = serde_json::to_vec(&serde_json::json!({
-        "model": "gpt-4o",
-        "messages": [
-            {"role": "system", "content": "You are a helpful assistant for a bank."},
-            {"role": "user", "content": user}
-        ],
-        "temperature": 0.2,
-        "stream": true
-    }))
-    .unwrap_or_default();
+    let body = pii_corpus::chat_body();
     let engine = match Engine::new(&PiiConfig::default()) {
         Ok(e) => e,
         Err(e) => {

@@ -44,3 +44,23 @@ pub fn dense(n: usize) -> String {
     s.truncate(cut);
     s
 }
+
+/// A 3.8 KiB chat request with three entities (SSN, card, e-mail) in 3.6 KiB of prose: the body of
+/// `redact_request/chat_4k` and of `pii_profile request`.
+pub fn chat_body() -> Vec<u8> {
+    let user = format!(
+        "{} My SSN is 123-45-6789 and my card is 4111 1111 1111 1111; email me at jane.doe@example.com. {}",
+        prose(1800),
+        prose(1800)
+    );
+    serde_json::to_vec(&serde_json::json!({
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant for a bank."},
+            {"role": "user", "content": user}
+        ],
+        "temperature": 0.2,
+        "stream": true
+    }))
+    .unwrap_or_default()
+}

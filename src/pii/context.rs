@@ -72,7 +72,7 @@ enum Starts {
 }
 
 /// A context-word occurrence: the word's index and its byte range in the text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct CtxMatch {
     pub(crate) start: usize,
     pub(crate) end: usize,

@@ -226,6 +226,9 @@ impl PatIndex {
     /// `None`.
     #[inline]
     fn step(&self, alive: u64, depth: usize, key: Option<&str>) -> u64 {
+        if alive == 0 {
+            return 0; // a subtree no pattern reaches: no key comparisons
+        }
         let d = depth.min(self.rest.len() - 1);
         let named = match key {
             Some(k) if depth == d => self.names[d]
@@ -344,11 +347,7 @@ impl<'a, F: FnMut(&[Seg<'a>], &RawStr) -> Result<(), PiiError>> Parser<'a, F> {
                         return Err(bad(self.pos, "expected ':'"));
                     }
                     self.pos += 1;
-                    let child = if alive == 0 {
-                        0
-                    } else {
-                        self.pats.step(alive, self.path.len(), Some(&key))
-                    };
+                    let child = self.pats.step(alive, self.path.len(), Some(&key));
                     self.path.push(Seg::Key(key));
                     self.value(depth + 1, child)?;
                     self.path.pop();
@@ -371,11 +370,7 @@ impl<'a, F: FnMut(&[Seg<'a>], &RawStr) -> Result<(), PiiError>> Parser<'a, F> {
                     return Ok(());
                 }
                 let mut idx = 0;
-                let child = if alive == 0 {
-                    0
-                } else {
-                    self.pats.step(alive, self.path.len(), None)
-                };
+                let child = self.pats.step(alive, self.path.len(), None);
                 loop {
                     self.path.push(Seg::Idx(idx));
                     self.value(depth + 1, child)?;
@@ -394,7 +389,7 @@ impl<'a, F: FnMut(&[Seg<'a>], &RawStr) -> Result<(), PiiError>> Parser<'a, F> {
             }
             Some(b'"') => {
                 let s = self.string()?;
-                if alive != 0 && self.pats.matches(alive, self.path.len()) {
+                if self.pats.matches(alive, self.path.len()) {
                     (self.on_string)(&self.path, &s)?;
                 }
                 Ok(())
@@ -850,8 +845,7 @@ fn process(
         pats,
         on_string,
     };
-    let all = pats.all;
-    parser.value(0, all)?;
+    parser.value(0, pats.all)?;
     parser.ws();
     if parser.pos != doc.len() {
         return Err(bad(parser.pos, "trailing data after JSON value"));
